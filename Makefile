@@ -1,0 +1,62 @@
+# hipt: every stage is `make <stage> key=value ...`; `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.hipt-setup-stamp
+# Every key=value given to make (and the upper-case shortcuts) is forwarded to the stage.
+ARGS = $(MAKEOVERRIDES)
+export PYTHONUNBUFFERED := 1
+export WANDB_SILENT := true
+
+.PHONY: help setup setup-gpu test test-all test-gpu lint format tile bench bench-tile bench-models
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+setup: $(STAMP) data/samples/cmu_small_region.svs ## create .venv, install hipt + dev tools, fetch the sample slide (idempotent)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=24" "setuptools>=77.0.3" wheel
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[dev]"
+	$(PIP) install -q -c $(CONSTRAINTS) --no-deps cucim-cu13
+	$(PY) -c "import hipt, torch, torchvision, timm, lightly, lightning, zarr, cucim, openslide"
+	touch $(STAMP)
+
+data/samples/cmu_small_region.svs: | $(STAMP)
+	$(PY) -m hipt.samples
+
+setup-gpu: setup ## add cuCIM's CUDA dependencies (cupy, nvImageCodec) for GPU decoding
+	$(PIP) install -c $(CONSTRAINTS) "cucim-cu13[ctk]" || $(PIP) install "cucim-cu13==26.10.0"
+
+test: setup ## default test suite (CPU, excludes slow; gpu tests skip without CUDA)
+	$(PY) -m pytest -m "not slow" -q
+
+test-all: setup ## every test, slow ones included
+	$(PY) -m pytest -q
+
+test-gpu: setup ## only the gpu-marked tests (run on a CUDA machine)
+	$(PY) -m pytest -m gpu -q
+
+lint: setup ## ruff lint + format check
+	$(VENV)/bin/ruff check src pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check src pipelines tests benchmarks
+
+format: setup ## ruff autoformat
+	$(VENV)/bin/ruff format src pipelines tests benchmarks
+	$(VENV)/bin/ruff check --fix src pipelines tests benchmarks
+
+tile: setup ## tile slides into 4096-px regions: make tile SLIDES=<folder|manifest.csv> OUT=<folder>
+	$(PY) -m pipelines.tile $(ARGS)
+
+bench: bench-tile bench-models ## every benchmark, each against its baseline in the same process
+
+bench-tile: setup ## regions/s of our reader vs a CLAM-style OpenSlide loop; peak RSS vs slide size
+	$(PY) benchmarks/bench_tile.py $(ARGS)
+
+bench-models: setup ## ViT-256 images/s vs an explicit-attention ViT-S/16; fraction of matmul peak
+	$(PY) benchmarks/bench_models.py $(ARGS)

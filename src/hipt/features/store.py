@@ -1,0 +1,213 @@
+"""Zarr v3 store per slide: write under a temporary name, rename when complete, verify on open."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from hipt.errors import HiptError, StaleOutputError
+from hipt.features.schema import SCHEMA_VERSION, FeatureStoreMeta
+from hipt.io import remove_path, tmp_path_for
+
+GRID = 16
+PATCHES = GRID * GRID
+DTYPES = ("float16", "float32")
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+
+
+class StoreWriter:
+    """Streams the features of one slide into ``<path>`` (written as a hidden ``.tmp`` sibling).
+
+    Arrays: ``feats256 [M,256,D256]``, ``feats4k [M,D4k]``, ``coords [M,2]`` (int64 level-0 x, y),
+    ``patch_mask [M,256]`` (bool). Regions are chunked ``regions_per_chunk`` at a time.
+
+    Args:
+        path: final store path, e.g. ``OUT/<slide_id>.zarr``.
+        meta: store metadata; ``n_regions``, ``complete`` and ``created_at`` are set here.
+        coords: ``[M,2]`` level-0 top-left of each region.
+        patch_mask: ``[M,256]`` or ``[M,16,16]`` tissue mask per 256-px patch (row-major).
+        regions_per_chunk: regions per Zarr chunk.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        meta: FeatureStoreMeta,
+        coords: np.ndarray,
+        patch_mask: np.ndarray,
+        regions_per_chunk: int = 1,
+    ) -> None:
+        if meta.dtype not in DTYPES:
+            raise HiptError(f"store dtype must be one of {DTYPES}, got {meta.dtype}")
+        self.path = Path(path)
+        self.tmp = tmp_path_for(self.path)
+        m = int(coords.shape[0])
+        self.meta = dataclasses.replace(meta, n_regions=m, complete=False)
+        remove_path(self.tmp)
+        group = zarr.open_group(str(self.tmp), mode="w")
+        rc = max(1, min(regions_per_chunk, max(m, 1)))
+        d256, d4k = meta.feature_dim_256, meta.feature_dim_4k
+        kw: dict[str, Any] = {"compressors": _compressor(), "fill_value": 0}
+        self.feats256 = group.create_array(
+            "feats256", shape=(m, PATCHES, d256), chunks=(rc, PATCHES, d256), dtype=meta.dtype, **kw
+        )
+        self.feats4k = group.create_array(
+            "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=meta.dtype, **kw
+        )
+        group.create_array("coords", data=np.asarray(coords, dtype=np.int64).reshape(m, 2))
+        mask = np.asarray(patch_mask, dtype=bool).reshape(m, PATCHES)
+        group.create_array("patch_mask", data=mask)
+        group.attrs.update(self.meta.to_dict())
+        self.group = group
+        self._feats4k = np.zeros((m, d4k), dtype=np.float32)
+        self._written = np.zeros(m, dtype=bool)
+
+    def write(self, start: int, feats256: np.ndarray, feats4k: np.ndarray) -> None:
+        """Store regions ``start .. start+len(feats256)`` (``[n,256,D256]`` and ``[n,D4k]``)."""
+        n = int(feats256.shape[0])
+        self.feats256[start : start + n] = np.asarray(feats256, dtype=self.meta.dtype)
+        self._feats4k[start : start + n] = feats4k
+        self._written[start : start + n] = True
+
+    def finalize(self) -> Path:
+        """Mark complete and rename into place; raises if any region was never written."""
+        missing = np.flatnonzero(~self._written)
+        if missing.size:
+            self.abort()
+            raise HiptError(f"{self.path}: regions {missing[:10].tolist()} were never written")
+        self.feats4k[:] = self._feats4k.astype(self.meta.dtype)
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.group.attrs.update({"complete": True, "created_at": now})
+        if self.path.exists():
+            remove_path(self.path)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temporary store."""
+        remove_path(self.tmp)
+
+
+def write_store(
+    path: str | Path,
+    meta: FeatureStoreMeta,
+    feats256: np.ndarray,
+    feats4k: np.ndarray,
+    coords: np.ndarray,
+    patch_mask: np.ndarray,
+) -> Path:
+    """Write a whole store at once (tests, synthetic cohorts); atomic like :class:`StoreWriter`."""
+    writer = StoreWriter(path, meta, coords, patch_mask, regions_per_chunk=8)
+    try:
+        if len(coords):
+            writer.write(0, feats256, feats4k)
+        return writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+class FeatureStore:
+    """Read access to a complete, verified store (see :func:`open_store`)."""
+
+    def __init__(self, path: Path, group: zarr.Group, meta: FeatureStoreMeta) -> None:
+        self.path = path
+        self.group = group
+        self.meta = meta
+
+    @property
+    def slide_id(self) -> str:
+        """Slide identifier."""
+        return self.meta.slide_id
+
+    @property
+    def n_regions(self) -> int:
+        """Number of regions ``M``."""
+        return self.meta.n_regions
+
+    def feats256(self, index: Any = slice(None)) -> np.ndarray:
+        """``[M,256,D256]`` float32 ViT-256 CLS features, row-major; ``index`` picks regions."""
+        if isinstance(index, np.ndarray):
+            index = np.sort(index) if index.dtype != bool else np.flatnonzero(index)
+            return np.asarray(self.group["feats256"].get_orthogonal_selection((index,)), np.float32)
+        return np.asarray(self.group["feats256"][index], dtype=np.float32)
+
+    def feats4k(self) -> np.ndarray:
+        """``[M,D4k]`` float32 ViT-4K CLS features."""
+        return np.asarray(self.group["feats4k"][:], dtype=np.float32)
+
+    def coords(self) -> np.ndarray:
+        """``[M,2]`` int64 level-0 top-left (x, y) of each region."""
+        return np.asarray(self.group["coords"][:])
+
+    def patch_mask(self) -> np.ndarray:
+        """``[M,256]`` bool tissue mask of each region's patches (row-major)."""
+        return np.asarray(self.group["patch_mask"][:], dtype=bool)
+
+
+def read_meta(path: str | Path) -> FeatureStoreMeta | None:
+    """Metadata of a store, or ``None`` if there is no readable store at ``path``."""
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - any unreadable store counts as absent
+        return None
+    return FeatureStoreMeta.from_dict(dict(group.attrs))
+
+
+def mismatches(meta: FeatureStoreMeta, expect: dict[str, Any]) -> list[str]:
+    """``key: stored != expected`` for every expected key that differs."""
+    stored = meta.to_dict()
+    out = []
+    for key, want in expect.items():
+        if key not in stored:
+            raise HiptError(f"unknown store metadata key '{key}' in expect=")
+        have = stored[key]
+        if isinstance(want, float) and isinstance(have, (int, float)):
+            same = abs(float(have) - want) <= 1e-9 * max(1.0, abs(want))
+        else:
+            same = have == want
+        if not same:
+            out.append(f"{key}: store has {have!r}, expected {want!r}")
+    return out
+
+
+def open_store(path: str | Path, expect: dict[str, Any] | None = None) -> FeatureStore:
+    """Open a store for reading after checking it is complete and matches ``expect``.
+
+    Args:
+        path: ``<slide_id>.zarr`` folder.
+        expect: metadata values the caller relies on, e.g.
+            ``{"checkpoint_4k_sha256": "...", "feature_dim_256": 384}``.
+
+    Raises:
+        HiptError: no store, or an incomplete one (a killed run).
+        StaleOutputError: the store was made with other settings than ``expect``.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        raise HiptError(f"{path}: no feature store here; run `make extract-features` first")
+    meta = read_meta(path)
+    if meta is None or not meta.complete:
+        raise HiptError(f"{path}: incomplete feature store (interrupted run); rerun extraction")
+    if meta.schema_version != SCHEMA_VERSION:
+        raise StaleOutputError(
+            f"{path}: store schema v{meta.schema_version}, this code reads v{SCHEMA_VERSION}; "
+            "re-extract features"
+        )
+    bad = mismatches(meta, expect or {})
+    if bad:
+        raise StaleOutputError(
+            f"{path}: feature store does not match ({'; '.join(bad)}); re-extract with the "
+            "expected settings or point to the right store"
+        )
+    return FeatureStore(path, zarr.open_group(str(path), mode="r"), meta)

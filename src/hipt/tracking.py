@@ -1,0 +1,74 @@
+"""The one Weights & Biases logger factory used by every stage (offline unless asked otherwise)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+from hipt.config import WandbConfig, to_container
+from hipt.errors import ConfigError
+
+MODES = ("offline", "online", "disabled")
+
+
+def resolve_mode(cfg: WandbConfig) -> str:
+    """The W&B mode in force: ``WANDB_MODE`` from the environment wins over the config."""
+    mode = os.environ.get("WANDB_MODE") or cfg.mode
+    if mode == "dryrun":
+        mode = "offline"
+    if mode not in MODES:
+        raise ConfigError(f"wandb.mode must be one of {', '.join(MODES)}, got '{mode}'")
+    return mode
+
+
+def create_logger(
+    cfg: WandbConfig,
+    stage: str,
+    out_dir: str | Path,
+    run_config: Any = None,
+    name: str | None = None,
+    group: str | None = None,
+) -> WandbLogger:
+    """Build the Lightning ``WandbLogger`` for a stage; non-Lightning stages use it directly.
+
+    Args:
+        cfg: the stage's ``wandb`` config block.
+        stage: stage name, used as W&B ``job_type``.
+        out_dir: the stage's output folder; run files go to ``<out_dir>/wandb`` unless
+            ``cfg.dir`` says otherwise.
+        run_config: the stage config, stored with the run.
+        name: run name (defaults to the stage name).
+        group: overrides ``cfg.group`` (e.g. one group per cross-validated experiment).
+
+    Returns:
+        A logger whose ``experiment`` is created lazily; offline runs write
+        ``<dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
+    """
+    mode = resolve_mode(cfg)
+    save_dir = Path(cfg.dir) if cfg.dir else Path(out_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    config = to_container(run_config) if run_config is not None else None
+    return WandbLogger(
+        name=name or stage,
+        save_dir=str(save_dir),
+        project=cfg.project,
+        entity=cfg.entity,
+        group=group or cfg.group,
+        tags=list(cfg.tags),
+        job_type=stage,
+        config=config,
+        mode=mode,
+        offline=mode == "offline",
+        settings={"console": "off", "silent": True},
+    )
+
+
+def finish(logger: WandbLogger | None, ok: bool = True) -> None:
+    """Close the W&B run (flushes offline files) if one was started."""
+    if logger is None:
+        return
+    if getattr(logger, "_experiment", None) is not None:
+        logger.experiment.finish(exit_code=0 if ok else 1)
