@@ -50,7 +50,7 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "numcodecs", "asyncio"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "numcodecs", "asyncio", "numexpr"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -48,6 +48,7 @@ def create_logger(
         ``<dir>/wandb/offline-run-*`` and can be uploaded later with ``wandb sync``.
     """
     mode = resolve_mode(cfg)
+    os.environ.setdefault("WANDB_SILENT", "true")  # keep wandb's banner out of stage logs
     save_dir = Path(cfg.dir) if cfg.dir else Path(out_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     config = to_container(run_config) if run_config is not None else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,30 @@ def _records(path: Path) -> list[bytes]:
     return out
 
 
-def read_offline_run(run_dir: str | Path) -> dict[str, Any]:
+def read_offline_run(
+    run_dir: str | Path, require: tuple[str, ...] = (), timeout: float = 20.0
+) -> dict[str, Any]:
     """History rows, summary and config of an offline run folder (``.../offline-run-*``).
+
+    Args:
+        run_dir: the run folder.
+        require: summary keys to wait for: wandb's service process may still be flushing the
+            log for a moment after ``finish()`` returns.
+        timeout: seconds to wait for ``require``.
 
     Returns:
         ``{"history": [ {key: value}, ... ], "summary": {key: value}, "config": {key: value}}``;
         the summary is the last value of every history key updated by explicit summary records.
     """
-    run_dir = Path(run_dir)
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _read_once(Path(run_dir))
+        if all(k in run["summary"] for k in require) or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_once(run_dir: Path) -> dict[str, Any]:
     logs = sorted(run_dir.glob("*.wandb"))
     if not logs:
         raise FileNotFoundError(f"no .wandb file in {run_dir}")

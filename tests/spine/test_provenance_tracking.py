@@ -51,6 +51,6 @@ def test_offline_run_writes_logged_values(tmp_path, monkeypatch):
     finish(logger)
     runs = find_offline_runs(tmp_path)
     assert len(runs) == 1 and runs[0].parent == Path(tmp_path, "wandb")
-    run = read_offline_run(runs[0])
+    run = read_offline_run(runs[0], require=("slides/ok", "seconds"))
     assert run["summary"]["slides/ok"] == 3 and run["summary"]["seconds"] == 1.5
     assert run["config"]["a"] == 1
