@@ -1,0 +1,315 @@
+"""Strict checkpoint loading (official DINO layout or our safetensors exports) and export."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointSource",
+    "LoadReport",
+    "export_backbone",
+    "filter_hipt_checkpoint",
+    "load_checkpoint",
+    "load_state_dict_strict",
+    "read_sidecar",
+    "sha256_file",
+    "torch_load_safe",
+]
+
+logger = logging.getLogger(__name__)
+
+CheckpointSource = str | PathLike[str] | Mapping[str, Any]
+
+#: Wrapper keys tried in order to reach the backbone state dict (DINO keeps the EMA teacher,
+#: which is what HIPT uses, beside the student).
+WRAPPER_KEYS = ("teacher", "student", "state_dict", "model")
+#: Prefixes added by DDP (``module.``), DINO's MultiCropWrapper (``backbone.``) and
+#: ``torch.compile`` (``_orig_mod.``); stripped only at the start of a key.
+STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+#: The DINO projection head of the MultiCropWrapper; never part of a backbone.
+DINO_HEAD_PREFIX = "head."
+EXPORT_FORMAT = "hipt.backbone/v1"
+_MAX_LISTED = 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not fit the model (keys, shapes, architecture) or cannot be read safely."""
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_checkpoint` did.
+
+    Attributes:
+        source: file name (or ``<state dict>``).
+        n_loaded: tensors loaded into the model.
+        dropped: checkpoint keys dropped on purpose (DINO head).
+        wrapper: the wrapper key that was unwrapped (``teacher``...), if any.
+    """
+
+    source: str
+    n_loaded: int
+    dropped: list[str] = field(default_factory=list)
+    wrapper: str | None = None
+
+
+def sha256_file(path: str | PathLike[str], chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def torch_load_safe(path: str | PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)`` allowing only ``argparse.Namespace`` beyond tensors.
+
+    The official DINO checkpoints pickle their ``args`` as an ``argparse.Namespace``; everything
+    else (optimizer state, epoch, DINO loss center) is plain containers and tensors.
+
+    Raises:
+        CheckpointError: the file holds other pickled objects (they are never unpickled).
+    """
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refusing to unpickle objects outside the weights-only allow-list "
+            f"(tensors, containers, argparse.Namespace): {err}"
+        ) from err
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]:
+    for key in WRAPPER_KEYS:
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            return inner, key
+    return checkpoint, None
+
+
+def _strip_prefixes(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in STRIP_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def filter_hipt_checkpoint(
+    checkpoint: Mapping[str, Any], model: nn.Module | None = None
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Turn an official HIPT/DINO checkpoint (or any of our state dicts) into a backbone state dict.
+
+    In order: unwrap ``teacher`` (else ``student``, ``state_dict``, ``model``); strip ``module.``,
+    ``backbone.`` and ``_orig_mod.`` as prefixes only; drop DINO ``head.*`` keys unless ``model``
+    has ``head.*`` entries of its own.
+
+    Args:
+        checkpoint: loaded file content or a state dict.
+        model: target model, used to decide whether ``head.*`` keys belong to it.
+
+    Returns:
+        ``(state_dict, dropped_keys)`` with dropped keys as they were after prefix stripping.
+
+    Raises:
+        CheckpointError: non-tensor values, or two keys that collide after stripping.
+    """
+    raw, _ = _unwrap(checkpoint)
+    model_has_head = model is not None and any(
+        k.startswith(DINO_HEAD_PREFIX) for k in model.state_dict()
+    )
+    state: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    for key, value in raw.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(
+                f"checkpoint entry '{key}' is a {type(value).__name__}, not a tensor"
+            )
+        new_key = _strip_prefixes(str(key))
+        if new_key.startswith(DINO_HEAD_PREFIX) and not model_has_head:
+            dropped.append(new_key)
+            continue
+        if new_key in state:
+            raise CheckpointError(f"checkpoint keys collide after stripping prefixes: '{new_key}'")
+        state[new_key] = value
+    return state, dropped
+
+
+def _listing(title: str, items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"\n  {title} ({len(items)}): {shown}{more}"
+
+
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """``model.load_state_dict(state, strict=True)`` with one error listing every problem.
+
+    Raises:
+        CheckpointError: missing keys, unexpected keys or shape mismatches, naming ``source``.
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k} (checkpoint {list(state[k].shape)} vs model {list(expected[k].shape)})"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        message = f"strict load of {source} into {type(model).__name__} failed:"
+        if missing:
+            message += _listing("missing keys", missing)
+        if unexpected:
+            message += _listing("unexpected keys", unexpected)
+        if mismatched:
+            message += _listing("shape mismatches", mismatched)
+        raise CheckpointError(message)
+    model.load_state_dict(state, strict=True)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Read and check the JSON sidecar of an exported ``X.safetensors`` (``X.json``)."""
+    sidecar_path = path.with_suffix(".json")
+    if not sidecar_path.is_file():
+        raise CheckpointError(
+            f"{path}: missing sidecar {sidecar_path.name} naming the architecture"
+        )
+    meta = json.loads(sidecar_path.read_text())
+    if not isinstance(meta, dict) or "architecture" not in meta:
+        raise CheckpointError(f"{sidecar_path}: sidecar has no 'architecture'")
+    return meta
+
+
+def _read_export(path: Path, architecture: str | None) -> dict[str, Tensor]:
+    meta = read_sidecar(path)
+    if architecture is not None and meta["architecture"] != architecture:
+        raise CheckpointError(
+            f"{path}: exported architecture '{meta['architecture']}' does not match "
+            f"the model '{architecture}'"
+        )
+    expected_sha = meta.get("sha256")
+    if expected_sha is not None and sha256_file(path) != expected_sha:
+        raise CheckpointError(f"{path}: sha256 differs from its sidecar (file changed or corrupt)")
+    return safetensors.torch.load_file(str(path), device="cpu")
+
+
+def load_checkpoint(
+    model: nn.Module, source: CheckpointSource, *, architecture: str | None = None
+) -> LoadReport:
+    """Load weights strictly into ``model`` (or into the module under a ``torch.compile`` wrapper).
+
+    Args:
+        model: target; ``model.hipt_architecture`` (set by ``build``) is the default for
+            ``architecture``.
+        source: official DINO ``.pth``/``.pt`` file (``teacher``/``student``, ``module.``/
+            ``backbone.`` prefixes, DINO head), our ``X.safetensors`` export with its ``X.json``
+            sidecar, or an in-memory state dict.
+        architecture: registry key the export must name; checked only for safetensors files.
+
+    Returns:
+        A :class:`LoadReport`; dropped DINO-head keys are also logged.
+
+    Raises:
+        CheckpointError: unreadable/unsafe file, architecture or sha mismatch, or any missing,
+            unexpected or mis-shaped key.
+    """
+    target: nn.Module = getattr(model, "_orig_mod", model)
+    architecture = architecture or getattr(target, "hipt_architecture", None)
+    if isinstance(source, Mapping):
+        name, raw = "<state dict>", source
+    else:
+        path = Path(source)
+        name = str(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        raw = (
+            _read_export(path, architecture)
+            if path.suffix == ".safetensors"
+            else (torch_load_safe(path))
+        )
+        if not isinstance(raw, Mapping):
+            raise CheckpointError(f"{path}: expected a dict, got {type(raw).__name__}")
+    _, wrapper = _unwrap(raw)
+    state, dropped = filter_hipt_checkpoint(raw, target)
+    load_state_dict_strict(target, state, name)
+    if dropped:
+        logger.info("%s: dropped %d DINO head keys: %s", name, len(dropped), ", ".join(dropped))
+    logger.info(
+        "%s: loaded %d tensors into %s (wrapper=%s)",
+        name,
+        len(state),
+        type(target).__name__,
+        wrapper,
+    )
+    return LoadReport(source=name, n_loaded=len(state), dropped=dropped, wrapper=wrapper)
+
+
+def export_backbone(
+    model: nn.Module,
+    name: str,
+    path: str | PathLike[str],
+    extra_meta: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``X.safetensors`` and the ``X.json`` sidecar naming the architecture.
+
+    Args:
+        model: module to export (a ``torch.compile`` wrapper is unwrapped).
+        name: registry key of the architecture (``vit4k_xs``...).
+        path: ``X`` or ``X.safetensors``; existing files are not overwritten.
+        extra_meta: JSON-serialisable provenance stored under ``"meta"`` (run id, config hash...).
+
+    Returns:
+        The path of the safetensors file.
+
+    Raises:
+        FileExistsError: either output already exists.
+    """
+    target: nn.Module = getattr(model, "_orig_mod", model)
+    out = Path(path)
+    if out.suffix != ".safetensors":
+        out = out.with_name(out.name + ".safetensors")
+    sidecar = out.with_suffix(".json")
+    for p in (out, sidecar):
+        if p.exists():
+            raise FileExistsError(f"{p} already exists")
+    overrides = dict(getattr(target, "hipt_overrides", {}))
+    # Serialise first so a non-JSON value fails before anything is written.
+    overrides = json.loads(json.dumps(overrides))
+    meta = json.loads(json.dumps(dict(extra_meta or {})))
+    tensors = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.torch.save_file(tensors, str(out), metadata={"architecture": name})
+    record = {
+        "format": EXPORT_FORMAT,
+        "architecture": name,
+        "overrides": overrides,
+        "sha256": sha256_file(out),
+        "n_tensors": len(tensors),
+        "n_params": sum(t.numel() for t in tensors.values()),
+        "torch_version": torch.__version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "meta": meta,
+    }
+    sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    logger.info("exported %s (%d tensors) to %s", name, len(tensors), out)
+    return out
