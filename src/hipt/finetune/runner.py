@@ -1,0 +1,222 @@
+"""The finetune stage: validate the cohort, split, train every fold, summarise, plot, track."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from hipt.config import save_resolved, to_container
+from hipt.errors import ConfigError, StaleOutputError
+from hipt.finetune import plots
+from hipt.finetune.cohort import Cohort, load_cohort
+from hipt.finetune.config import HASH_EXCLUDE, SELECT, FinetuneConfig
+from hipt.finetune.datamodule import BagReader
+from hipt.finetune.fold import FoldResult, read_done, train_fold, write_done
+from hipt.finetune.metrics import confusion
+from hipt.finetune.slide_model import checkpoint_sha, plan_model
+from hipt.finetune.splits import load_or_make_folds
+from hipt.finetune.tasks import Task, build_task
+from hipt.io import atomic_write_text, clean_stale_tmp
+from hipt.lock import RunLock
+from hipt.provenance import RunInfo
+from hipt.tracking import create_logger, finish, resolve_mode
+
+log = logging.getLogger(__name__)
+STAGE = "finetune"
+
+
+def finetune_hash(cfg: FinetuneConfig) -> str:
+    """sha256 of every setting that changes results (not paths, logging, workers, progress)."""
+    data = {k: v for k, v in to_container(cfg).items() if k not in HASH_EXCLUDE}
+    data["data"].pop("num_workers", None)
+    for key in ("progress_bar", "cpu_threads"):
+        data["train"].pop(key, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Setting combinations that cannot work, found before any data is read."""
+    t = cfg.train
+    if t.select not in SELECT:
+        raise ConfigError(f"train.select must be one of {SELECT}, got '{t.select}'")
+    needs_val = t.select == "best_val" or t.early_stopping_patience is not None
+    if needs_val and cfg.split.val_fraction <= 0 and not cfg.split.official_dir:
+        raise ConfigError("train.select=best_val and early stopping need split.val_fraction > 0")
+    if t.accumulate_grad_batches < 1 or t.max_epochs < 1:
+        raise ConfigError("train.accumulate_grad_batches and train.max_epochs must be >= 1")
+    if cfg.data.max_regions is not None and cfg.data.max_regions < 1:
+        raise ConfigError("data.max_regions must be >= 1 (or null for whole bags)")
+
+
+def shuffle_labels(patients: pd.DataFrame, columns: tuple[str, ...], seed: int) -> pd.DataFrame:
+    """Permute the label columns across patients (negative control; bags stay in place)."""
+    perm = np.random.default_rng(seed).permutation(len(patients))
+    out = patients.copy()
+    for col in columns:
+        out[col] = patients[col].to_numpy()[perm]
+    return out
+
+
+def _load(cfg: FinetuneConfig, task: Task) -> Cohort:
+    expect = {}
+    if cfg.expect_checkpoint_4k:
+        expect["checkpoint_4k_sha256"] = checkpoint_sha(cfg.expect_checkpoint_4k)
+    n_folds = cfg.split.n_folds
+
+    def strata_check(p: pd.DataFrame) -> list[Any]:
+        return [] if cfg.split.official_dir else task.check_strata(p, n_folds)
+
+    return load_cohort(cfg.cohort, cfg.features, task.read_labels, expect, strata_check)
+
+
+def _fold_logger(cfg: FinetuneConfig, out: Path, name: str, group: str) -> WandbLogger | None:
+    if resolve_mode(cfg.wandb) == "disabled":
+        return None
+    return create_logger(cfg.wandb, STAGE, out, run_config=cfg, name=name, group=group)
+
+
+def summarize(results: list[FoldResult]) -> pd.DataFrame:
+    """Per-fold metrics, ``n_test`` and ``runtime_s``, then ``mean`` and ``std`` (sample) rows."""
+    rows = [
+        {
+            "fold": str(r.fold),
+            **r.metrics,
+            "n_test": r.info.get("n_test", len(r.predictions)),
+            "runtime_s": r.runtime_s,
+        }
+        for r in results
+    ]
+    table = pd.DataFrame(rows).set_index("fold")
+    stats = pd.DataFrame([table.mean(), table.std(ddof=1)], index=["mean", "std"])
+    return pd.concat([table, stats]).rename_axis("fold").reset_index()
+
+
+def make_plots(task: Task, frames: list[pd.DataFrame], out: Path) -> dict[str, Path]:
+    """ROC per fold and pooled confusion matrix (classification) or Kaplan-Meier (survival)."""
+    made: dict[str, Path] = {}
+    if "roc" in task.plots:
+        cols, names = task.roc_columns()
+        made["roc"] = plots.roc_plot(frames, cols, names, out / "roc.png")
+    if "confusion" in task.plots:
+        pooled = pd.concat(frames, ignore_index=True)
+        pred = pooled["pred"].astype(str).map({c: i for i, c in enumerate(task.classes)})
+        cm = confusion(pred.to_numpy(), pooled["label_index"].to_numpy(), len(task.classes))
+        made["confusion"] = plots.confusion_plot(cm, task.classes, out / "confusion.png")
+    if "km" in task.plots:
+        made["km"], p = plots.km_plot(frames, out / "km.png")
+        log.info("Kaplan-Meier high vs low predicted risk (test folds): log-rank p = %.3g", p)
+    return made
+
+
+def _run_folds(
+    cfg: FinetuneConfig, task: Task, cohort: Cohort, out: Path, chash: str, group: str
+) -> list[FoldResult]:
+    patients = cohort.patients
+    if cfg.shuffle_labels:
+        patients = shuffle_labels(patients, task.label_columns, cfg.seed)
+        log.info("shuffle_labels=true: labels permuted across patients (negative control)")
+    plan = plan_model(cfg.model, cohort.meta, task.n_outputs)
+    log.info("model %s: %s", plan.name, plan.reason)
+    if plan.name.startswith("hipt_lgp") and cfg.model.freeze_4k and not cfg.model.checkpoint_4k:
+        log.warning(
+            "hipt_lgp with a frozen *random* ViT-4K: set model.checkpoint_4k to the "
+            "ViT-4K weights (the stores' own give the fast feats4k path)"
+        )
+    folds = load_or_make_folds(
+        out / "splits",
+        patients,
+        cohort.slides,
+        task.strata(patients),
+        cfg.split.n_folds,
+        cfg.split.val_fraction,
+        cfg.split.seed,
+        cfg.split.official_dir,
+        cfg.split.official_overlap,
+        cfg.overwrite,
+    )
+    stores = cohort.slides.groupby("patient_id", sort=False)["store"].apply(list).to_dict()
+    reader = BagReader(stores, plan.kind, cfg.data.cache_gb)
+    results = []
+    for k, fold in enumerate(folds):
+        prev = read_done(out, k)
+        if prev is not None and prev[0].get("config_hash") == chash:
+            log.info("fold %d: finished earlier with this config; reusing it", k)
+            done, preds = prev
+            results.append(FoldResult(k, done["metrics"], preds, done["runtime_s"], done))
+            continue
+        if prev is not None and not cfg.overwrite:
+            raise StaleOutputError(
+                f"{out}/fold_{k} was made with another config; use overwrite=true or another out="
+            )
+        logger = _fold_logger(cfg, out, f"{group}-fold{k}", group)
+        ok = False
+        try:
+            result = train_fold(
+                k, cfg, task, patients, fold, reader, plan, cohort.meta, out, logger
+            )
+            write_done(out, result, chash)
+            ok = True
+        finally:
+            finish(logger, ok)
+        results.append(result)
+    return results
+
+
+def run_finetune(cfg: FinetuneConfig) -> pd.DataFrame:
+    """Run the whole stage; return the summary table (also ``out/summary.csv``)."""
+    check_config(cfg)
+    if cfg.train.cpu_threads:
+        torch.set_num_threads(cfg.train.cpu_threads)
+    task = build_task(cfg.task, cfg.target)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        clean_stale_tmp(out)
+        cohort = _load(cfg, task)
+        chash = finetune_hash(cfg)
+        group = cfg.wandb.group or f"{STAGE}-{cfg.task}-{cfg.model.name}-{chash[:8]}"
+        results = _run_folds(cfg, task, cohort, out, chash, group)
+        summary = summarize(results)
+        atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+        made = make_plots(task, [r.predictions for r in results], out)
+        save_resolved(cfg, out)
+        RunInfo.collect(
+            STAGE,
+            chash,
+            inputs=[cfg.cohort, cfg.features],
+            extra={
+                "task": cfg.task,
+                "n_patients": len(cohort.patients),
+                "n_slides": len(cohort.slides),
+                "classes": task.classes,
+                "wandb_group": group,
+                "shuffle_labels": cfg.shuffle_labels,
+            },
+        ).write(out)
+        logger = _fold_logger(cfg, out, f"{group}-summary", group)
+        if logger is not None:
+            logger.log_table(key="summary", dataframe=summary)
+            for key, path in made.items():
+                logger.log_image(key=f"plots/{key}", images=[str(path)])
+            finish(logger, True)
+    means = summary[summary["fold"] == "mean"].iloc[0]
+    stds = summary[summary["fold"] == "std"].iloc[0]
+    text = ", ".join(f"{m}={means[m]:.3f}±{stds[m]:.3f}" for m in results[0].metrics)
+    log.info(
+        "finetune %s on %d patients, %d folds: %s -> %s",
+        cfg.task,
+        len(cohort.patients),
+        len(results),
+        text,
+        out,
+    )
+    return summary

@@ -1,0 +1,124 @@
+"""Which store array feeds which slide model, and building that model from the registry."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from hipt.errors import ConfigError
+from hipt.features import FeatureStoreMeta
+from hipt.finetune.config import INPUTS, ModelConfig
+from hipt.models import build, sha256_file
+
+log = logging.getLogger(__name__)
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+
+
+def checkpoint_sha(value: str) -> str:
+    """sha256 of a checkpoint file, or ``value`` itself when it already is a 64-hex digest."""
+    if _SHA.match(value.lower()):
+        return value.lower()
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {value} is neither a file nor a sha256 hex digest")
+    return sha256_file(path)
+
+
+@dataclass
+class ModelPlan:
+    """How the slide model is built and fed.
+
+    Attributes:
+        name: registry key.
+        kind: store array fed to the model (``feats256`` or ``feats4k``).
+        kwargs: arguments of :func:`hipt.models.build` (besides the name).
+        reason: one line for the log explaining ``kind``.
+    """
+
+    name: str
+    kind: str
+    kwargs: dict[str, Any]
+    reason: str
+
+
+def _is_lgp(name: str) -> bool:
+    return name.startswith("hipt_lgp")
+
+
+def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> ModelPlan:
+    """Pick the input array (fast ``feats4k`` path when it is exact) and the build arguments.
+
+    ``hipt_lgp`` with a frozen ViT-4K gives the same region embeddings whether it runs the
+    ViT-4K on ``feats256`` or reads ``feats4k`` made by the same ViT-4K weights; ``auto``
+    takes ``feats4k`` only then (store ``checkpoint_4k_sha256`` = sha256 of ``checkpoint_4k``).
+    """
+    if cfg.input not in INPUTS:
+        raise ConfigError(f"model.input must be one of {INPUTS}, got '{cfg.input}'")
+    kwargs: dict[str, Any] = {"n_classes": n_outputs, "dropout": cfg.dropout, **cfg.kwargs}
+    if not _is_lgp(cfg.name):
+        if cfg.checkpoint_4k:
+            raise ConfigError(f"model.checkpoint_4k only applies to hipt_lgp, not {cfg.name}")
+        kind = "feats4k" if cfg.input == "feats4k" else "feats256"
+        if kind == "feats4k":
+            kwargs.setdefault("input_dim", meta.feature_dim_4k)
+        return ModelPlan(cfg.name, kind, kwargs, f"{cfg.name} on {kind} instances")
+    kwargs.update(freeze_4k=cfg.freeze_4k, checkpoint_4k=cfg.checkpoint_4k)
+    want = checkpoint_sha(cfg.checkpoint_4k) if cfg.checkpoint_4k else None
+    same = want is not None and meta.checkpoint_4k_sha256 == want
+    if cfg.input == "feats4k":
+        if not cfg.freeze_4k:
+            raise ConfigError(
+                "model.input=feats4k skips the ViT-4K, so it cannot be finetuned "
+                "(freeze_4k=false); use model.input=feats256"
+            )
+        if want is not None and not same:
+            raise ConfigError(
+                f"the stores' feats4k were made with ViT-4K sha256 {meta.checkpoint_4k_sha256}, "
+                f"not model.checkpoint_4k ({want}); use model.input=feats256"
+            )
+        why = "stores' feats4k (global stage only on the stored ViT-4K features)"
+        return ModelPlan(cfg.name, "feats4k", kwargs, why)
+    if cfg.input == "auto" and cfg.freeze_4k and same:
+        why = "fast path: frozen ViT-4K = the stores' ViT-4K (same sha256), reading feats4k"
+        return ModelPlan(cfg.name, "feats4k", kwargs, why)
+    why = "feats256 through the ViT-4K" + (
+        " (finetuned)"
+        if not cfg.freeze_4k
+        else " (stores' feats4k made by other ViT-4K weights)"
+        if want and not same
+        else " (random-init ViT-4K)"
+        if want is None
+        else ""
+    )
+    return ModelPlan(cfg.name, "feats256", kwargs, why)
+
+
+def expected_width(model: nn.Module, kind: str) -> int | None:
+    """Feature width the built model takes for ``kind`` (None if it does not say)."""
+    if kind == "feats256" and getattr(model, "local_vit", None) is not None:
+        return getattr(model.local_vit, "input_dim", None)
+    if kind == "feats4k" and _is_lgp(getattr(model, "hipt_architecture", "")):
+        return getattr(model, "embed_dim", None)
+    return getattr(model, "input_dim", None)
+
+
+def build_model(plan: ModelPlan, meta: FeatureStoreMeta) -> nn.Module:
+    """Build the model and check that the stores' feature width fits it."""
+    try:
+        model = build(plan.name, **plan.kwargs)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build model '{plan.name}' with {plan.kwargs}: {exc}") from None
+    have = meta.feature_dim_256 if plan.kind == "feats256" else meta.feature_dim_4k
+    want = expected_width(model, plan.kind)
+    if want is not None and want != have:
+        raise ConfigError(
+            f"the stores hold {have}-d {plan.kind} but model '{plan.name}' takes {want}-d input; "
+            "pick the model that matches the extractor (e.g. *_tiny_test for tiny stores)"
+        )
+    return model

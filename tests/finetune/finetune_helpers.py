@@ -1,0 +1,72 @@
+"""Helpers shared by the finetune tests: tiny feature stores and fast configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from hipt.config import load_config
+from hipt.features import FeatureStoreMeta, write_store
+from hipt.finetune import FinetuneConfig
+
+#: Settings every CPU test run shares: no validation part, 3 folds, one torch thread (tiny
+#: models are fastest that way and the CI machine is shared), no W&B unless a test asks.
+FAST = [
+    "split.n_folds=3",
+    "split.val_fraction=0",
+    "train.accumulate_grad_batches=1",
+    "train.accelerator=cpu",
+    "train.cpu_threads=1",
+    "model.dropout=0",
+    "train.lr=2e-3",
+    "wandb.mode=disabled",
+]
+
+
+def store_meta(slide_id: str, **kw: object) -> FeatureStoreMeta:
+    """Metadata of a tiny store (32-d ViT-256, 16-d ViT-4K features)."""
+    base: dict[str, object] = dict(
+        slide_id=slide_id,
+        source_path=f"{slide_id}.svs",
+        source_size_bytes=1,
+        model_256="vit256_tiny_test",
+        model_4k="vit4k_tiny_test",
+        checkpoint_256_sha256=None,
+        checkpoint_4k_sha256="a" * 64,
+        random_weights=True,
+        feature_dim_256=32,
+        feature_dim_4k=16,
+        target_mpp=0.5,
+        region_px=4096,
+        patch_px=256,
+        tiling_config_hash="t",
+        dtype="float32",
+    )
+    base.update(kw)
+    return FeatureStoreMeta(**base)  # type: ignore[arg-type]
+
+
+def make_store(folder: Path, slide_id: str, m: int = 2, seed: int = 0, **kw: object) -> Path:
+    """Write a random store ``folder/<slide_id>.zarr`` with ``m`` regions."""
+    rng = np.random.default_rng(seed)
+    meta = store_meta(slide_id, **kw)
+    f256 = rng.normal(size=(m, 256, meta.feature_dim_256)).astype(np.float32)
+    f4k = rng.normal(size=(m, meta.feature_dim_4k)).astype(np.float32)
+    coords = np.zeros((m, 2), np.int64)
+    return write_store(
+        folder / f"{slide_id}.zarr", meta, f256, f4k, coords, np.ones((m, 256), bool)
+    )
+
+
+def mark_incomplete(path: Path) -> None:
+    """Turn a finished store into one a killed writer would leave (``complete`` false)."""
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["complete"] = False
+
+
+def ft_config(task: str, cohort: Path, features: Path, out: Path, *extra: str) -> FinetuneConfig:
+    """A finetune config from ``conf/finetune/<task>.yaml`` + the fast CPU settings + extras."""
+    args = [f"task={task}", f"cohort={cohort}", f"features={features}", f"out={out}", *FAST, *extra]
+    return load_config(FinetuneConfig, f"finetune/{task}.yaml", args)
