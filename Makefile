@@ -11,7 +11,8 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu test test-all test-gpu lint format tile bench bench-tile bench-models
+.PHONY: help setup setup-gpu test test-all test-gpu lint format tile pretrain-256 pretrain-4k finetune heatmap \
+	bench bench-tile bench-models
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -52,6 +53,18 @@ format: setup ## ruff autoformat
 
 tile: setup ## tile slides into 4096-px regions: make tile SLIDES=<folder|manifest.csv> OUT=<folder>
 	$(PY) -m pipelines.tile $(ARGS)
+
+pretrain-256: setup ## DINO ViT-256 on 256-px tissue patches: make pretrain-256 TILES=<tile out> OUT=<folder>
+	$(PY) -m pipelines.pretrain level=256 $(ARGS)
+
+pretrain-4k: setup ## DINO ViT-4K on [384,16,16] feature grids: make pretrain-4k FEATURES=<stores> OUT=<folder>
+	$(PY) -m pipelines.pretrain level=4k $(ARGS)
+
+finetune: setup ## patient-level k-fold heads: make finetune TASK=subtype|stage|survival|response COHORT=<csv> FEATURES=<stores> OUT=<folder>
+	$(PY) -m pipelines.finetune $(ARGS)
+
+heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zarr> [MODEL=<fold dir>] OUT=<folder>
+	$(PY) -m pipelines.heatmap $(ARGS)
 
 bench: bench-tile bench-models ## every benchmark, each against its baseline in the same process
 

@@ -52,7 +52,7 @@ def create_logger(
     save_dir = Path(cfg.dir) if cfg.dir else Path(out_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     config = to_container(run_config) if run_config is not None else None
-    return WandbLogger(
+    logger = WandbLogger(
         name=name or stage,
         save_dir=str(save_dir),
         project=cfg.project,
@@ -65,6 +65,10 @@ def create_logger(
         offline=mode == "offline",
         settings={"console": "off", "silent": True},
     )
+    # Lightning always passes wandb's deprecated `anonymous` argument (None), which makes
+    # wandb 0.31 print a warning on every run; it has no effect, so drop it.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def finish(logger: WandbLogger | None, ok: bool = True) -> None:
