@@ -11,8 +11,8 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu test test-all test-gpu lint format tile pretrain-256 pretrain-4k finetune heatmap \
-	bench bench-tile bench-models
+.PHONY: help setup setup-gpu test test-all test-gpu lint format tile pretrain-256 pretrain-4k extract-features finetune heatmap \
+	bench bench-tile bench-models bench-extract
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -57,6 +57,9 @@ tile: setup ## tile slides into 4096-px regions: make tile SLIDES=<folder|manife
 pretrain-256: setup ## DINO ViT-256 on 256-px tissue patches: make pretrain-256 TILES=<tile out> OUT=<folder>
 	$(PY) -m pipelines.pretrain level=256 $(ARGS)
 
+extract-features: setup ## cache ViT-256/ViT-4K features in Zarr: make extract-features TILES=<tile out> OUT=<folder> [CHECKPOINT256= CHECKPOINT4K=]
+	$(PY) -m pipelines.extract_features $(ARGS)
+
 pretrain-4k: setup ## DINO ViT-4K on [384,16,16] feature grids: make pretrain-4k FEATURES=<stores> OUT=<folder>
 	$(PY) -m pipelines.pretrain level=4k $(ARGS)
 
@@ -66,10 +69,13 @@ finetune: setup ## patient-level k-fold heads: make finetune TASK=subtype|stage|
 heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zarr> [MODEL=<fold dir>] OUT=<folder>
 	$(PY) -m pipelines.heatmap $(ARGS)
 
-bench: bench-tile bench-models ## every benchmark, each against its baseline in the same process
+bench: bench-tile bench-models bench-extract ## every benchmark, each against its baseline in the same process
 
 bench-tile: setup ## regions/s of our reader vs a CLAM-style OpenSlide loop; peak RSS vs slide size
 	$(PY) benchmarks/bench_tile.py $(ARGS)
 
 bench-models: setup ## ViT-256 images/s vs an explicit-attention ViT-S/16; fraction of matmul peak
 	$(PY) benchmarks/bench_models.py $(ARGS)
+
+bench-extract: setup ## extraction regions/s vs an official-HIPT-style loop (same weights): make bench-extract [tiny=true regions=2]
+	$(PY) benchmarks/bench_extract.py $(ARGS)

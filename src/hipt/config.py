@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -79,7 +80,7 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
             raise ConfigError(f"override '{item}' is not of the form key=value")
     try:
         return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:  # a value YAML cannot parse
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from None
 
 

@@ -83,3 +83,23 @@ def test_empty_slide_store(tmp_path):
                 np.zeros((0, 2)), np.zeros((0, 256), bool))  # fmt: skip
     s = open_store(tmp_path / "e.zarr")
     assert s.n_regions == 0 and s.feats256().shape == (0, 256, 8)
+
+
+def test_rewrite_swaps_and_old_metadata_is_refused(tmp_path):
+    """Finalizing over an existing store replaces it whole (no leftovers); a store whose
+    metadata lacks required fields (another version) is refused with the fix, not a crash."""
+    rng = np.random.default_rng(4)
+    first, second = _arrays(2, rng), _arrays(3, rng)
+    write_store(tmp_path / "s.zarr", _meta(), *first)
+    write_store(tmp_path / "s.zarr", _meta(), *second)
+    np.testing.assert_array_equal(open_store(tmp_path / "s.zarr").feats256(), second[0])
+    assert [p.name for p in tmp_path.iterdir()] == ["s.zarr"]
+    import zarr
+
+    attrs = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+").attrs
+    del attrs["model_4k"]
+    with pytest.raises(StaleOutputError, match="lacks model_4k.*re-extract"):
+        open_store(tmp_path / "s.zarr")
+    from hipt.features.store import needs_recompute
+
+    assert "lacks model_4k" in needs_recompute(tmp_path / "s.zarr")

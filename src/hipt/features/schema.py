@@ -67,5 +67,15 @@ class FeatureStoreMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureStoreMeta:
         """Inverse of :meth:`to_dict`; unknown keys (from newer writers) are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
+        fields = dataclasses.fields(cls)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING]
+        missing = [name for name in required if name not in data]
+        if missing:
+            from hipt.errors import StaleOutputError
+
+            raise StaleOutputError(
+                f"store metadata lacks {', '.join(missing)} (made by another hipt version); "
+                "re-extract features"
+            )
+        names = {f.name for f in fields}
         return cls(**{k: v for k, v in data.items() if k in names})

@@ -14,7 +14,7 @@ from zarr.codecs import BloscCodec
 
 from hipt.errors import HiptError, StaleOutputError
 from hipt.features.schema import SCHEMA_VERSION, FeatureStoreMeta
-from hipt.io import remove_path, tmp_path_for
+from hipt.io import TMP_SUFFIX, remove_path, tmp_path_for
 
 GRID = 16
 PATCHES = GRID * GRID
@@ -88,9 +88,14 @@ class StoreWriter:
         self.feats4k[:] = self._feats4k.astype(self.meta.dtype)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.group.attrs.update({"complete": True, "created_at": now})
+        # Swap: the old store is moved aside first, so there is always one complete store or
+        # none at ``path``, never a half-deleted one.
+        old = self.path.with_name(f".{self.path.name}.old{TMP_SUFFIX}")
         if self.path.exists():
-            remove_path(self.path)
+            remove_path(old)
+            os.replace(self.path, old)
         os.replace(self.tmp, self.path)
+        remove_path(old)
         return self.path
 
     def abort(self) -> None:
@@ -179,6 +184,34 @@ def mismatches(meta: FeatureStoreMeta, expect: dict[str, Any]) -> list[str]:
         if not same:
             out.append(f"{key}: store has {have!r}, expected {want!r}")
     return out
+
+
+def needs_recompute(path: str | Path, expect: dict[str, Any] | None = None) -> str | None:
+    """Why the store at ``path`` cannot be reused; ``None`` when it is complete and matches.
+
+    Args:
+        path: ``<slide_id>.zarr`` folder.
+        expect: metadata values the store must have (as in :func:`open_store`).
+
+    Returns:
+        ``None``, ``"absent"``, ``"unreadable"``, ``"incomplete"``, a schema note, or the
+        ``key: store has X, expected Y`` mismatches joined by ``"; "``.
+    """
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        return "absent"
+    try:
+        meta = read_meta(path)
+    except StaleOutputError as err:
+        return str(err)
+    if meta is None:
+        return "unreadable"
+    if not meta.complete:
+        return "incomplete"
+    if meta.schema_version != SCHEMA_VERSION:
+        return f"schema_version: store has {meta.schema_version}, expected {SCHEMA_VERSION}"
+    bad = mismatches(meta, expect or {})
+    return "; ".join(bad) if bad else None
 
 
 def open_store(path: str | Path, expect: dict[str, Any] | None = None) -> FeatureStore:

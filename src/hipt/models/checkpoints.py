@@ -18,6 +18,8 @@ import safetensors.torch
 import torch
 from torch import Tensor, nn
 
+from hipt.errors import HiptError
+
 __all__ = [
     "CheckpointError",
     "CheckpointSource",
@@ -47,7 +49,7 @@ EXPORT_FORMAT = "hipt.backbone/v1"
 _MAX_LISTED = 20
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HiptError, ValueError):
     """A checkpoint does not fit the model (keys, shapes, architecture) or cannot be read safely."""
 
 

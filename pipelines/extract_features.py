@@ -1,0 +1,25 @@
+"""Cache HIPT features: ``python -m pipelines.extract_features TILES=<dir> OUT=<dir>``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from hipt.cli import main_guard, run_stage
+from hipt.extract.config import ExtractConfig
+from hipt.extract.runner import run
+
+SHORTCUTS = {
+    "TILES": "tiles",
+    "OUT": "out",
+    "CHECKPOINT256": "checkpoint256",
+    "CHECKPOINT4K": "checkpoint4k",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stage with ``key=value`` overrides of conf/extract.yaml; return the exit code."""
+    return run_stage(ExtractConfig, "extract.yaml", run, argv, shortcuts=SHORTCUTS)
+
+
+if __name__ == "__main__":
+    main_guard(main())

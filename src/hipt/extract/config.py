@@ -1,0 +1,111 @@
+"""Typed config of the feature-extraction stage (``conf/extract.yaml``) and its validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hipt.config import WandbConfig
+from hipt.errors import ConfigError
+
+DTYPES = ("float16", "float32")
+ON_STALE = ("recompute", "error")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+COMPILE = ("false", "true", "auto")
+POSITIVE = ("batch_size", "reader_threads", "prefetch_regions", "regions_per_chunk", "num_nodes")
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    """Settings of ``make extract-features``; ``conf/extract.yaml`` documents the defaults.
+
+    Attributes:
+        tiles: output folder of the tile stage (holds ``regions.parquet``).
+        out: folder that receives one ``<slide_id>.zarr`` store per slide.
+        checkpoint256: ViT-256 weights (official DINO ``.pth`` or our ``.safetensors`` export);
+            ``None`` runs with random weights (logged loudly, recorded in every store).
+        checkpoint4k: ViT-4K weights, same formats.
+        model_256: registry name of the patch encoder.
+        model_4k: registry name of the region encoder.
+        dtype: storage dtype of the features, ``float16`` or ``float32``.
+        skip_background: encode only patches set in the tile stage's patch mask; the others get
+            the feature of a blank white patch, computed once.
+        batch_size: 256-px patches per ViT-256 forward; batches span region boundaries.
+        num_workers: DataLoader worker processes reading regions (0: read in this process).
+        reader_threads: reader threads per worker (or in this process when ``num_workers=0``).
+        prefetch_regions: regions read ahead per reader (the bounded queue that caps memory).
+        regions_per_chunk: regions per Zarr chunk of ``feats256``.
+        backend: slide reader backend (``auto``, ``cucim``, ``openslide``).
+        gpu_decode: on CUDA, read regions straight into GPU memory (cuCIM), no host round trip.
+        devices: devices per node (``1``, ``2``, ``-1`` or ``auto``).
+        num_nodes: nodes; ``devices * num_nodes > 1`` runs DDP predict, slides sharded by rank.
+        accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``/``cuda``).
+        strategy: Lightning strategy; ``auto`` means ``ddp`` when more than one process runs.
+        precision: ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` on CPU (bf16 is slow there).
+        on_stale: what to do with a store made with other settings (checkpoint, tiling, dtype):
+            ``recompute`` it or stop with an ``error`` before anything is written.
+        overwrite: recompute every store, even complete and matching ones.
+        compile: ``torch.compile`` the ViT-256: ``true``, ``false`` or ``auto`` (on when the
+            encoder is large and this process has at least ``compile_min_regions`` regions).
+        compile_min_regions: threshold for ``compile=auto``.
+        seed: seeds random initialisation when a checkpoint is missing (all ranks agree).
+        progress: show a progress bar over regions (rank 0).
+        wandb: Weights & Biases settings.
+    """
+
+    tiles: str = "???"
+    out: str = "data/features"
+    checkpoint256: str | None = None
+    checkpoint4k: str | None = None
+    model_256: str = "vit256_small"
+    model_4k: str = "vit4k_xs"
+    dtype: str = "float16"
+    skip_background: bool = False
+    batch_size: int = 256
+    num_workers: int = 2
+    reader_threads: int = 1
+    prefetch_regions: int = 2
+    regions_per_chunk: int = 1
+    backend: str = "auto"
+    gpu_decode: bool = True
+    devices: int | str = 1
+    num_nodes: int = 1
+    accelerator: str = "auto"
+    strategy: str = "auto"
+    precision: str = "auto"
+    on_stale: str = "recompute"
+    overwrite: bool = False
+    compile: str = "auto"
+    compile_min_regions: int = 16
+    seed: int = 0
+    progress: bool = True
+    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+
+
+def validate(cfg: ExtractConfig) -> None:
+    """Raise :class:`ConfigError` naming the first invalid value."""
+    if not str(cfg.tiles).strip():
+        raise ConfigError("tiles must name the tile stage's output folder (TILES=<folder>)")
+    if not str(cfg.out).strip():
+        raise ConfigError("out must name a folder (OUT=<folder>)")
+    choices = {
+        "dtype": DTYPES,
+        "on_stale": ON_STALE,
+        "precision": PRECISIONS,
+        "compile": COMPILE,
+    }
+    for key, allowed in choices.items():
+        value = str(getattr(cfg, key)).lower()
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+    for key in POSITIVE:
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
+    for key in ("num_workers", "compile_min_regions"):
+        if int(getattr(cfg, key)) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {getattr(cfg, key)}")
+    if isinstance(cfg.devices, str) and cfg.devices != "auto":
+        raise ConfigError(f"devices must be an integer or 'auto', got '{cfg.devices}'")
+    for key in ("checkpoint256", "checkpoint4k"):
+        value = getattr(cfg, key)
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"{key} is empty; leave it out to run with random weights")

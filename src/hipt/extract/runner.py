@@ -1,0 +1,328 @@
+"""The extract-features stage: plan, DDP predict over sharded slides, summary and provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Trainer
+from torch import nn
+
+from hipt.config import config_hash, save_resolved
+from hipt.errors import ConfigError, StaleOutputError
+from hipt.extract.config import ExtractConfig, validate
+from hipt.extract.datamodule import ExtractDataModule
+from hipt.extract.encoder import CompiledOrEager, RegionEncoder
+from hipt.extract.module import ExtractModule
+from hipt.extract.plan import (
+    EncoderInfo,
+    Plan,
+    SlideJob,
+    expected_meta,
+    load_jobs,
+    make_plan,
+)
+from hipt.extract.writer import FeatureWriter, SlideResult, SlideStoreSink
+from hipt.features.schema import FeatureStoreMeta
+from hipt.io import atomic_write_json, clean_stale_tmp
+from hipt.lock import RunLock
+from hipt.provenance import RunInfo, git_state, sha256_file
+from hipt.tracking import create_logger, finish
+
+log = logging.getLogger(__name__)
+
+STAGE = "extract"
+# Settings that never change feature values (the feature-relevant ones go into each store's
+# own config_hash, see plan.EncoderInfo).
+NON_RESULT_KEYS = (
+    "tiles", "out", "num_workers", "reader_threads", "prefetch_regions", "regions_per_chunk",
+    "backend", "gpu_decode", "devices", "num_nodes", "accelerator", "strategy", "on_stale",
+    "overwrite", "compile", "compile_min_regions", "progress", "wandb",
+)  # fmt: skip
+# Lightning notices that are expected here (the stream batches itself; no sampler indices).
+QUIET_WARNINGS = (
+    r"Couldn't infer the batch indices",
+    r".*isinstance\(treespec, LeafSpec\)",
+    r"The '(predict|val|test)_dataloader' does not have many workers",
+)
+#: Parameters above which ``compile=auto`` may compile (tiny test models never are).
+COMPILE_MIN_PARAMS = 5_000_000
+
+
+def is_launch_rank_zero() -> bool:
+    """Whether this process is global rank 0 (DDP children and other nodes are not).
+
+    Known before the Trainer exists: Lightning starts children with ``LOCAL_RANK>0``, other
+    nodes run with ``NODE_RANK>0``, torchrun sets ``RANK`` and multi-task SLURM ``SLURM_PROCID``.
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]) == 0
+    node = int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")))
+    return node == 0 and int(env.get("LOCAL_RANK", "0")) == 0
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning will run on CUDA for this accelerator setting."""
+    acc = accelerator.lower()
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(cfg: ExtractConfig) -> str:
+    """``auto`` -> ``bf16-mixed`` on CUDA, ``32-true`` elsewhere (no fast bf16 on CPU)."""
+    if cfg.precision != "auto":
+        return "32-true" if cfg.precision == "32" else cfg.precision
+    return "bf16-mixed" if uses_cuda(cfg.accelerator) else "32-true"
+
+
+def _checkpoint_sha(path: str | None, what: str) -> str | None:
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"{what} {path} not found")
+    return sha256_file(path)
+
+
+def build_encoders(cfg: ExtractConfig) -> tuple[nn.Module, nn.Module, EncoderInfo]:
+    """Build both encoders (seeded, so random weights agree across ranks and reruns)."""
+    from hipt.models import build
+
+    torch.manual_seed(cfg.seed)
+    try:
+        vit256 = build(cfg.model_256, checkpoint=cfg.checkpoint256)
+        vit4k = build(cfg.model_4k, checkpoint=cfg.checkpoint4k)
+    except KeyError as exc:
+        raise ConfigError(str(exc).strip("'\"")) from None
+    d256, d4k_in = int(vit256.embed_dim), int(vit4k.input_dim)
+    if d256 != d4k_in:
+        raise ConfigError(
+            f"{cfg.model_256} gives {d256}-d features but {cfg.model_4k} expects {d4k_in}-d"
+        )
+    info = EncoderInfo(
+        model_256=cfg.model_256,
+        model_4k=cfg.model_4k,
+        checkpoint_256_sha256=_checkpoint_sha(cfg.checkpoint256, "checkpoint256"),
+        checkpoint_4k_sha256=_checkpoint_sha(cfg.checkpoint4k, "checkpoint4k"),
+        feature_dim_256=d256,
+        feature_dim_4k=int(vit4k.embed_dim),
+        dtype=cfg.dtype,
+        skip_background=cfg.skip_background,
+        seed=cfg.seed,
+    )
+    return vit256.eval(), vit4k.eval(), info
+
+
+def _warn_random(info: EncoderInfo) -> None:
+    pairs = (
+        ("checkpoint256", info.checkpoint_256_sha256),
+        ("checkpoint4k", info.checkpoint_4k_sha256),
+    )
+    missing = [name for name, sha in pairs if sha is None]
+    bar = "!" * 78
+    log.warning(bar)
+    log.warning("RANDOM WEIGHTS: no %s given; features are NOT the pretrained HIPT features.",
+                " / ".join(missing))  # fmt: skip
+    log.warning("Every store records random_weights=true; pass CHECKPOINT256= CHECKPOINT4K=.")
+    log.warning(bar)
+
+
+def _want_compile(cfg: ExtractConfig, vit256: nn.Module, n_regions: int) -> bool:
+    mode = str(cfg.compile).lower()
+    if mode != "auto":
+        return mode == "true"
+    params = sum(p.numel() for p in vit256.parameters())
+    world = (cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1) * cfg.num_nodes
+    return params >= COMPILE_MIN_PARAMS and n_regions / world >= cfg.compile_min_regions
+
+
+def _summary(
+    results: list[SlideResult],
+    skipped: list[SlideJob],
+    stale: dict[str, str],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    ok = [r for r in results if r.status == "ok"]
+    failed = [r for r in results if r.status == "failed"]
+    n_enc = sum(r.n_regions for r in ok)
+    secs = float(extra.get("seconds", 0.0))
+    return {
+        "stage": STAGE,
+        **{k: v for k, v in extra.items() if k != "seconds"},
+        "totals": {
+            "slides": len(results) + len(skipped),
+            "ok": len(ok),
+            "skipped": len(skipped),
+            "failed": len(failed),
+            "regions_encoded": n_enc,
+            "seconds": round(secs, 3),
+            "regions_per_s": round(n_enc / secs, 4) if secs > 0 else None,
+        },
+        "ok": [
+            {"slide_id": r.slide_id, "n_regions": r.n_regions, "seconds": r.seconds} for r in ok
+        ],
+        "failed": [{"slide_id": r.slide_id, "error": r.error} for r in failed],
+        "skipped": [{"slide_id": j.slide_id, "n_regions": j.n_regions} for j in skipped],
+        "recomputed": {k: v for k, v in stale.items() if k in {r.slide_id for r in results}},
+    }
+
+
+def _predict(
+    cfg: ExtractConfig,
+    jobs: list[SlideJob],
+    metas: list[FeatureStoreMeta],
+    plan: Plan,
+    encoders: tuple[nn.Module, nn.Module],
+    precision: str,
+    logger: Any,
+) -> list[SlideResult] | None:
+    """Run Lightning predict over ``plan.todo``; rank 0 gets every rank's results, others None."""
+    vit256, vit4k = encoders
+    n_todo = sum(jobs[i].n_regions for i in plan.todo)
+    compiled = _want_compile(cfg, vit256, n_todo)
+    if compiled:
+        log.info("compiling %s with torch.compile", cfg.model_256)
+        vit256 = CompiledOrEager(vit256)
+    encoder = RegionEncoder(vit256, vit4k, pad_to=cfg.batch_size if compiled else None)
+    module = ExtractModule(encoder, cfg.skip_background, jobs[plan.todo[0]].patch_px)
+    data = ExtractDataModule(
+        jobs, plan.todo, plan.fingerprint(jobs), cfg.batch_size, cfg.num_workers,
+        cfg.reader_threads, cfg.prefetch_regions, cfg.skip_background, cfg.backend, cfg.gpu_decode,
+    )  # fmt: skip
+    sink = SlideStoreSink(Path(cfg.out), jobs, metas, cfg.regions_per_chunk)
+    writer = FeatureWriter(sink, progress=cfg.progress)
+    multi = cfg.devices in ("auto", -1) or int(cfg.devices) * cfg.num_nodes > 1
+    trainer = Trainer(
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if cfg.strategy == "auto" and multi else cfg.strategy,
+        precision=precision,  # type: ignore[arg-type]
+        logger=logger,
+        callbacks=[writer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        inference_mode=True,
+        default_root_dir=cfg.out,
+    )
+    with warnings.catch_warnings():
+        for msg in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=msg)
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    return writer.all_results if trainer.is_global_zero else None
+
+
+def run(cfg: ExtractConfig) -> int:
+    """Extract ViT-256 / ViT-4K features of every region in ``cfg.tiles`` into ``cfg.out``.
+
+    Returns:
+        0 when every slide has a complete store, 1 when any slide failed (the others are kept).
+
+    Raises:
+        ConfigError: invalid settings.
+        StaleOutputError: stale stores and ``on_stale=error`` (nothing is written).
+        LockedError: another run holds ``cfg.out``.
+    """
+    validate(cfg)
+    rank0 = is_launch_rank_zero()
+    if not rank0:
+        logging.getLogger("hipt").setLevel(logging.WARNING)
+    out = Path(cfg.out)
+    jobs, tiling_hash = load_jobs(cfg.tiles)
+    vit256, vit4k, info = build_encoders(cfg)
+    if info.random_weights and rank0:
+        _warn_random(info)
+    sha, dirty = git_state()
+    code_version = None if sha is None else f"{sha}{'-dirty' if dirty else ''}"
+    metas = [expected_meta(j, info, tiling_hash, code_version) for j in jobs]
+    plan = make_plan(jobs, metas, out, cfg.overwrite)
+    if plan.stale and cfg.on_stale == "error":
+        raise StaleOutputError(
+            f"{len(plan.stale)} store(s) in {out} were made with other settings ("
+            + "; ".join(f"{k}: {v}" for k, v in list(plan.stale.items())[:3])
+            + "); rerun with on_stale=recompute or use another OUT"
+        )
+    precision = resolve_precision(cfg)
+    run_hash = config_hash(cfg, exclude=NON_RESULT_KEYS)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out) if rank0 else contextlib.nullcontext():
+        if rank0:
+            for tmp in clean_stale_tmp(out):
+                log.info("removed %s left by an interrupted run", tmp.name)
+            save_resolved(cfg, out)
+            for sid, reason in plan.stale.items():
+                log.warning("%s: existing store is stale, recomputing (%s)", sid, reason)
+            n_todo = sum(jobs[i].n_regions for i in plan.todo)
+            log.info(
+                "extract: %d slide(s): %d to encode (%d regions), %d complete and skipped",
+                len(jobs), len(plan.todo), n_todo, len(plan.skipped),
+            )  # fmt: skip
+        t0 = time.perf_counter()
+        logger = create_logger(cfg.wandb, STAGE, out, cfg) if plan.todo else None
+        summary: dict[str, Any] = {}
+        try:
+            results: list[SlideResult] | None = []
+            if plan.todo:
+                results = _predict(cfg, jobs, metas, plan, (vit256, vit4k), precision, logger)
+            if results is None:  # a DDP child: rank 0 writes the summary
+                return 0
+            extra = {
+                "config_hash": run_hash,
+                "random_weights": info.random_weights,
+                "precision": precision,
+                "dtype": cfg.dtype,
+                "skip_background": cfg.skip_background,
+                "seconds": time.perf_counter() - t0,
+            }
+            skipped = [j for j in jobs if j.slide_id in set(plan.skipped)]
+            summary = _summary(results, skipped, plan.stale, extra)
+            _write_outputs(cfg, summary, info, precision, run_hash, logger)
+        finally:
+            finish(logger, ok=bool(summary) and not summary["failed"])
+    return _report(summary, out)
+
+
+def _write_outputs(
+    cfg: ExtractConfig,
+    summary: dict[str, Any],
+    info: EncoderInfo,
+    precision: str,
+    run_hash: str,
+    logger: Any,
+) -> None:
+    out = Path(cfg.out)
+    atomic_write_json(out / "summary.json", summary)
+    ckpts = [p for p in (cfg.checkpoint256, cfg.checkpoint4k) if p]
+    extra = {"totals": summary["totals"], "encoders": dataclasses.asdict(info),
+             "precision": precision}  # fmt: skip
+    RunInfo.collect(STAGE, run_hash, [Path(cfg.tiles) / "regions.parquet", *ckpts], extra).write(
+        out
+    )
+    if logger is not None:
+        totals = {f"total/{k}": v for k, v in summary["totals"].items() if v is not None}
+        logger.log_metrics(totals)
+
+
+def _report(summary: dict[str, Any], out: Path) -> int:
+    totals = summary["totals"]
+    log.info(
+        "extract: %d ok, %d skipped, %d failed, %d regions in %.1fs (%s regions/s) -> %s",
+        totals["ok"], totals["skipped"], totals["failed"], totals["regions_encoded"],
+        totals["seconds"], totals["regions_per_s"], out,
+    )  # fmt: skip
+    if totals["failed"]:
+        for rec in summary["failed"]:
+            log.error("failed: %s: %s", rec["slide_id"], rec["error"])
+        log.error("%d slide(s) failed; see %s", totals["failed"], out / "summary.json")
+        return 1
+    return 0
