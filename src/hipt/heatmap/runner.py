@@ -1,0 +1,329 @@
+"""The heatmap stage: store + slide (+ slide model) -> factorized attention drawn over the slide."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from hipt.config import save_resolved
+from hipt.errors import HiptError, StaleOutputError
+from hipt.extract.dataset import resize_region  # the pipeline's one resampling, bit for bit
+from hipt.features import FeatureStore, open_store
+from hipt.heatmap.canvas import CanvasGeometry, CanvasStack, choose_canvas_mpp
+from hipt.heatmap.config import HeatmapConfig, heatmap_hash, validate
+from hipt.heatmap.inference import Vit256Pass, resolve_device, slide_attention, vit4k_cls_attention
+from hipt.heatmap.models import (
+    SlideModel,
+    build_encoder,
+    check_weights,
+    load_slide_model,
+    resolve_input,
+)
+from hipt.heatmap.outputs import finish_outputs, map_names, remove_owned, write_summary
+from hipt.heatmap.passes import MapSpec, RegionScorer
+from hipt.heatmap.scores import GRID, percentile
+from hipt.heatmap.topk import patch_crop, record, region_crop, top_patches, top_regions
+from hipt.io import clean_stale_tmp, remove_path, tmp_path_for
+from hipt.lock import RunLock
+from hipt.models.checkpoints import sha256_file
+from hipt.slides import SlideReader, open_slide
+from hipt.slides.regions import patch_origins
+from hipt.slides.tiling import LevelChoice, choose_level, region_size_l0
+from hipt.tracking import create_logger, finish
+
+log = logging.getLogger(__name__)
+
+STAGE = "heatmap"
+CHUNK_REGIONS = 16  # regions per ViT-4K forward in the pre-pass
+FEATURE_COSINE_WARN = 0.98
+
+
+@dataclasses.dataclass
+class Inputs:
+    """Everything opened for one run."""
+
+    store: FeatureStore
+    reader: SlideReader
+    device: torch.device
+    vit256: Vit256Pass
+    vit4k: torch.nn.Module
+    vit4k_from: str
+    slide: SlideModel | None
+    model_input: str | None
+    shas: dict[str, str | None]
+
+
+def fingerprint(cfg: HeatmapConfig) -> dict[str, Any]:
+    """What identifies a run's result: settings and the identity of every input file."""
+    slide = Path(cfg.slide)
+    store = open_store(cfg.features)
+    ident: dict[str, Any] = {
+        "config_hash": heatmap_hash(cfg),
+        "slide": {"size": slide.stat().st_size, "mtime_ns": slide.stat().st_mtime_ns}
+        if slide.is_file()
+        else None,
+        "features": {"created_at": store.meta.created_at, "config_hash": store.meta.config_hash},
+    }
+    if cfg.model:
+        model = Path(cfg.model)
+        ident["model"] = sha256_file(model) if model.is_file() else str(model)
+    blob = json.dumps(ident, sort_keys=True, default=str)
+    return {**ident, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()}
+
+
+def open_inputs(cfg: HeatmapConfig) -> Inputs:
+    """Open store, slide and models; refuse mismatched weights or a slide of another store."""
+    store = open_store(cfg.features)
+    meta = store.meta
+    if store.n_regions == 0:
+        raise HiptError(f"{cfg.features}: the store holds no regions (no tissue); nothing to draw")
+    size = Path(cfg.slide).stat().st_size if Path(cfg.slide).is_file() else -1
+    if size >= 0 and meta.source_size_bytes not in (size, -1):
+        raise StaleOutputError(
+            f"{cfg.slide} ({size} bytes) is not the slide {meta.slide_id} the store was made from "
+            f"({meta.source_path}, {meta.source_size_bytes} bytes)"
+        )
+    sha256 = check_weights("256", cfg.checkpoint256, meta.checkpoint_256_sha256)
+    device = resolve_device(cfg.device)
+    slide = load_slide_model(cfg.model, device) if cfg.model else None
+    model_input = resolve_input(slide, cfg.model_input, meta) if slide else None
+    own_4k = getattr(slide.model, "local_vit", None) if slide else None
+    vit4k_from = cfg.vit4k_source
+    if vit4k_from == "auto":
+        vit4k_from = "model" if own_4k is not None else "checkpoint"
+    if vit4k_from == "model" and own_4k is None:
+        raise HiptError("vit4k_source=model needs a slide model with its own ViT-4K (hipt_lgp)")
+    need_4k = vit4k_from == "checkpoint" or cfg.checkpoint4k is not None
+    sha4k = check_weights("4K", cfg.checkpoint4k, meta.checkpoint_4k_sha256) if need_4k else None
+    if meta.random_weights:
+        log.warning("the store was made with random encoder weights: the maps show an "
+                    "untrained model (seed %d)", cfg.seed)  # fmt: skip
+    torch.manual_seed(cfg.seed)  # random encoders: same init order as extraction (256, then 4K)
+    vit256 = build_encoder(meta.model_256, cfg.checkpoint256, device)
+    if own_4k is not None and vit4k_from == "model":
+        vit4k = own_4k.eval()
+    else:
+        vit4k = build_encoder(meta.model_4k, cfg.checkpoint4k, device)
+    reader = open_slide(cfg.slide, mpp_override=cfg.slide_mpp)  # last: nothing can fail after it
+    shas = {
+        "checkpoint256": sha256,
+        "checkpoint4k": sha4k,
+        "model": slide.sha256 if slide else None,
+    }
+    return Inputs(store, reader, device, Vit256Pass(vit256, device, cfg.batch_size), vit4k,
+                  vit4k_from, slide, model_input, shas)  # fmt: skip
+
+
+def prepass(inp: Inputs) -> tuple[np.ndarray | None, np.ndarray]:
+    """From the store alone: slide attention ``[M]`` (or None), ViT-4K attention ``[M,H,16,16]``."""
+    store = inp.store
+    att = None
+    if inp.slide is not None:
+        bag = store.feats256() if inp.model_input == "feats256" else store.feats4k()
+        att = slide_attention(inp.slide.model, bag, inp.device)
+    chunks = [
+        vit4k_cls_attention(inp.vit4k, store.feats256(slice(i, i + CHUNK_REGIONS)), inp.device)
+        for i in range(0, store.n_regions, CHUNK_REGIONS)
+    ]
+    return att, np.concatenate(chunks)
+
+
+def read_region_pixels(
+    reader: SlideReader, x: int, y: int, choice: LevelChoice, region_px: int
+) -> np.ndarray:
+    """One region at the store's resolution, read and resized as the extraction stage does.
+
+    Only the part on the slide is read and the rest is white (the readers' contract), so edge
+    regions cost no decoding past the slide border.
+    """
+    size = choice.read_size(region_px)
+    lw, lh = reader.level_dimensions[choice.level]
+    ds = float(reader.level_downsamples[choice.level])
+    lx, ly = math.floor(x / ds), math.floor(y / ds)
+    c0, r0 = max(0, -lx), max(0, -ly)
+    c1, r1 = min(size, lw - lx), min(size, lh - ly)
+    pixels = np.full((size, size, 3), 255, dtype=np.uint8)
+    if c1 > c0 and r1 > r0:
+        part = reader.read_region(x + round(c0 * ds), y + round(r0 * ds), choice.level, c1 - c0,
+                                  r1 - r0)  # fmt: skip
+        pixels[r0:r1, c0:c1] = part
+    if size == region_px:
+        return pixels
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    return resize_region(tensor, region_px).permute(1, 2, 0).numpy()
+
+
+def canvas_thumbnail(reader: SlideReader, geom: CanvasGeometry) -> np.ndarray:
+    """The slide at canvas size, from the reader's block-wise thumbnail (never level 0 whole)."""
+    thumb, _ = reader.thumbnail(max(geom.width, geom.height))
+    if thumb.shape[:2] != (geom.height, geom.width):
+        resized = Image.fromarray(thumb).resize((geom.width, geom.height), Image.Resampling.BOX)
+        thumb = np.asarray(resized)
+    return np.ascontiguousarray(thumb)
+
+
+def _spec(cfg: HeatmapConfig, h256: int, h4k: int) -> MapSpec:
+    def heads(chosen: list[int] | None, n: int, level: str) -> list[int]:
+        picked = list(range(n)) if chosen is None else [int(h) for h in chosen]
+        bad = [h for h in picked if not 0 <= h < n]
+        if bad:
+            raise HiptError(f"{level} heads {bad} do not exist (the model has {n})")
+        return picked
+
+    pairs = [(int(j), int(i)) for j, i in cfg.head_pairs]
+    heads([j for j, _ in pairs], h4k, "ViT-4K")
+    heads([i for _, i in pairs], h256, "ViT-256")
+    w = cfg.weights
+    return MapSpec(
+        heads256=heads(cfg.heads256, h256, "ViT-256"),
+        heads4k=heads(cfg.heads4k, h4k, "ViT-4K"),
+        head_pairs=pairs,
+        weights=(w.slide, w.vit4k, w.vit256),
+        combine=cfg.combine,
+        scope=cfg.percentile_scope,
+        smoothing=cfg.smoothing,
+    )
+
+
+def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, Any]:
+    """Compute every map region by region onto the canvases, crop the top-k, render outputs."""
+    t0 = time.perf_counter()
+    store, meta, reader = inp.store, inp.store.meta, inp.reader
+    att, attn4k = prepass(inp)
+    coords, mask = store.coords(), store.patch_mask()
+    slide_pct = percentile(att) if att is not None else None
+    w0, h0 = reader.level_dimensions[0]
+    canvas_mpp = choose_canvas_mpp(w0, h0, reader.mpp, cfg.canvas_mpp, cfg.min_canvas_side)
+    geom = CanvasGeometry(w0, h0, float(reader.mpp), canvas_mpp)
+    side_l0 = region_size_l0(reader.mpp, meta.target_mpp, meta.region_px)
+    choice = choose_level(reader.level_downsamples, reader.mpp, meta.target_mpp)
+    spec = _spec(cfg, int(inp.vit256.last.attn.num_heads), int(attn4k.shape[1]))
+    scorer = RegionScorer(inp.vit256, inp.vit4k, inp.device, meta.patch_px, spec)
+    names = map_names(spec, att is not None)
+    picks_r = top_regions(att, cfg.topk.regions)
+    picks_p = top_patches(attn4k.mean(axis=1).reshape(len(coords), -1), mask, att, cfg.topk.patches)
+    topk_dir = out / "topk"
+    topk_dir.mkdir(parents=True, exist_ok=True)
+    crop_side = min(cfg.topk.region_crop_px or meta.region_px, meta.region_px)
+    tops: dict[str, list[dict[str, Any]]] = {"regions": [], "patches": []}
+    cosines: list[np.ndarray] = []
+    work = tmp_path_for(out / "canvas")
+    canvases = CanvasStack(geom, names, work)
+    try:
+        thumb = canvas_thumbnail(reader, geom)
+        bar = tqdm(range(len(coords)), desc=f"heatmap {meta.slide_id}", unit="region",
+                   disable=not cfg.progress)  # fmt: skip
+        with logging_redirect_tqdm():
+            for m in bar:
+                x, y = (int(v) for v in coords[m])
+                pixels = read_region_pixels(reader, x, y, choice, meta.region_px)
+                res = scorer.score(pixels, store.feats256(m), attn4k[m], mask[m],
+                                   None if slide_pct is None else float(slide_pct[m]))  # fmt: skip
+                canvases.paint(x, y, side_l0, res.maps.maps)
+                cosines.append(res.cosine)
+                for pick in (p for p in picks_r if p.region == m):
+                    f = region_crop(topk_dir, pick, pixels, res.maps, crop_side, cfg.render)
+                    tops["regions"].append(record(pick, f, out, (x, y), side_l0))
+                for pick in (p for p in picks_p if p.region == m):
+                    f = patch_crop(topk_dir, pick, pixels, res.maps, meta.patch_px, cfg.render)
+                    xy = patch_origins(x, y, reader.mpp, meta.target_mpp, meta.patch_px)[pick.patch]
+                    tops["patches"].append(record(pick, f, out, tuple(xy), side_l0 / GRID))
+        canvases.flush()
+        for key in tops:
+            tops[key].sort(key=lambda r: r["rank"])
+        cos = np.concatenate(cosines) if cosines else np.zeros(0)
+        facts = {
+            "geometry": geom,
+            "side_l0": side_l0,
+            "read_level": choice.level,
+            "tokens_per_patch": scorer.t,
+            "heads": {"vit256": spec.heads256, "vit4k": spec.heads4k},
+            "slide_attention": None if att is None else att.tolist(),
+            "topk": tops,
+            "feature_check": _feature_check(cos) if cfg.check_features else None,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        summary = finish_outputs(cfg, inp, out, canvases, thumb, facts, logger)
+        canvases.close()
+        if cfg.save_arrays:
+            remove_path(out / "arrays")
+            os.replace(work, out / "arrays")
+            summary["arrays"] = "arrays"
+        return summary
+    finally:
+        canvases.close()
+        remove_path(work)
+
+
+def _feature_check(cos: np.ndarray) -> dict[str, Any]:
+    if cos.size == 0:
+        return {"n_patches": 0}
+    mean = float(cos.mean())
+    if mean < FEATURE_COSINE_WARN:
+        log.warning(
+            "ViT-256 features recomputed from the slide differ from the store's (mean cosine "
+            "%.3f): the 256-level maps may not show what the store's encoder saw (other slide, "
+            "other weights, or random weights with another seed)",
+            mean,
+        )
+    return {"n_patches": int(cos.size), "mean_cosine": mean, "min_cosine": float(cos.min())}
+
+
+def _up_to_date(out: Path, ident: dict[str, Any], overwrite: bool) -> bool:
+    summary = out / "summary.json"
+    if overwrite or not summary.is_file() or not (out / "index.html").is_file():
+        return False
+    try:
+        old = json.loads(summary.read_text()).get("identity", {}).get("fingerprint")
+    except (OSError, ValueError):
+        return False
+    if old == ident["fingerprint"]:
+        return True
+    raise StaleOutputError(
+        f"{out} holds heatmaps made from other inputs or settings; pass overwrite=true or "
+        "choose another OUT"
+    )
+
+
+def run(cfg: HeatmapConfig) -> int:
+    """Run the stage; return the exit code (0 also when the outputs are already up to date)."""
+    validate(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out):
+        clean_stale_tmp(out)
+        ident = fingerprint(cfg)
+        if _up_to_date(out, ident, cfg.overwrite):
+            log.info("heatmaps in %s are up to date; open %s", out, out / "index.html")
+            return 0
+        remove_path(out / "summary.json")
+        remove_owned(out)
+        save_resolved(cfg, out)
+        logger = create_logger(cfg.wandb, STAGE, out, run_config=cfg)
+        ok = False
+        try:
+            inp = open_inputs(cfg)
+            try:
+                summary = draw(cfg, inp, out, logger)
+            finally:
+                inp.reader.close()
+            summary["identity"] = ident
+            write_summary(cfg, inp, out, summary)
+            ok = True
+        finally:
+            finish(logger, ok)
+    log.info("done: open %s", out / "index.html")
+    return 0
