@@ -11,7 +11,7 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu test test-all test-gpu lint format tile pretrain-256 pretrain-4k extract-features finetune heatmap \
+.PHONY: help setup setup-gpu test test-all test-gpu lint format tile pretrain-256 pretrain-4k extract-features finetune heatmap demo \
 	bench bench-tile bench-models bench-extract
 
 help: ## list the targets
@@ -68,6 +68,9 @@ finetune: setup ## patient-level k-fold heads: make finetune TASK=subtype|stage|
 
 heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zarr> [MODEL=<fold dir>] OUT=<folder>
 	$(PY) -m pipelines.heatmap $(ARGS)
+
+demo: setup ## every stage on a generated cohort of real tissue (~4 min on 2 CPU cores); report in data/demo/report.md
+	$(PY) -m pipelines.demo $(ARGS)
 
 bench: bench-tile bench-models bench-extract ## every benchmark, each against its baseline in the same process
 

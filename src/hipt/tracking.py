@@ -12,6 +12,11 @@ from hipt.config import WandbConfig, to_container
 from hipt.errors import ConfigError
 
 MODES = ("offline", "online", "disabled")
+#: W&B's per-user folders (debug logs under the cache dir, artifact staging under the data dir),
+#: kept inside the stage's W&B folder so that a run writes nothing outside its output folder;
+#: a value the user set in the environment before the first run is kept.
+RUN_LOCAL_DIRS = {"WANDB_CACHE_DIR": ".cache", "WANDB_DATA_DIR": ".data"}
+_USER_SET = frozenset(k for k in RUN_LOCAL_DIRS if k in os.environ)
 
 
 def resolve_mode(cfg: WandbConfig) -> str:
@@ -51,6 +56,9 @@ def create_logger(
     os.environ.setdefault("WANDB_SILENT", "true")  # keep wandb's banner out of stage logs
     save_dir = Path(cfg.dir) if cfg.dir else Path(out_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
+    for var, sub in RUN_LOCAL_DIRS.items():
+        if var not in _USER_SET:
+            os.environ[var] = str((save_dir / "wandb" / sub).resolve())
     config = to_container(run_config) if run_config is not None else None
     logger = WandbLogger(
         name=name or stage,

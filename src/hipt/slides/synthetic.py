@@ -97,8 +97,8 @@ class SyntheticSlide:
         shape: level-0 (height, width) in pixels, numpy order.
         mpp: level-0 µm/px written into the file (None when written without MPP).
         levels: downsample factor of each level.
-        layout: bool ``[rows, cols]``; cell (r, c) covers level-0 pixels
-            ``[r * cell_px, (r + 1) * cell_px) x [c * cell_px, (c + 1) * cell_px)``.
+        layout: bool ``[rows, cols]`` (int tile classes with ``sources``); cell (r, c) covers
+            level-0 pixels ``[r * cell_px, (r + 1) * cell_px) x [c * cell_px, (c + 1) * cell_px)``.
         cell_px: side of a layout cell in level-0 pixels.
     """
 
@@ -143,7 +143,7 @@ class _Renderer:
         self,
         layout: np.ndarray,
         cell_px: int,
-        tiles: np.ndarray,
+        sources: list[np.ndarray],
         tile_px: int,
         seed: int,
     ) -> None:
@@ -151,18 +151,22 @@ class _Renderer:
 
         rng = np.random.default_rng(seed)
         self.cell_px, self.tile_px = cell_px, tile_px
-        picks = rng.choice(len(tiles), size=_BANK_SIZE, replace=len(tiles) < _BANK_SIZE)
         bank = []
-        for i in picks:
-            tile = np.rot90(tiles[i], k=int(rng.integers(4)))
-            tile = tile[:, ::-1] if rng.random() < 0.5 else tile
-            # Stain jitter: scale optical density per channel by a few percent.
-            od = -np.log((tile.astype(np.float32) + 1.0) / 256.0) * rng.normal(1.0, 0.05, 3)
-            tile = np.clip(256.0 * np.exp(-od) - 1.0, 0, 255).astype(np.uint8)
-            bank.append(np.asarray(Image.fromarray(tile).resize((cell_px, cell_px), Image.BICUBIC)))
+        for tiles in sources:  # _BANK_SIZE cells per tile class, class k at [k * _BANK_SIZE, ...)
+            picks = rng.choice(len(tiles), size=_BANK_SIZE, replace=len(tiles) < _BANK_SIZE)
+            for i in picks:
+                tile = np.rot90(tiles[i], k=int(rng.integers(4)))
+                tile = tile[:, ::-1] if rng.random() < 0.5 else tile
+                # Stain jitter: scale optical density per channel by a few percent.
+                od = -np.log((tile.astype(np.float32) + 1.0) / 256.0) * rng.normal(1.0, 0.05, 3)
+                tile = np.clip(256.0 * np.exp(-od) - 1.0, 0, 255).astype(np.uint8)
+                cell = Image.fromarray(tile).resize((cell_px, cell_px), Image.BICUBIC)
+                bank.append(np.asarray(cell))
         self._bank0 = np.stack(bank)
         self._banks: dict[int, np.ndarray] = {}
-        self.variant = np.where(layout, rng.integers(0, _BANK_SIZE, layout.shape), -1)
+        tile_class = layout.astype(np.int64) - 1  # bool True -> class 0, 0/False -> glass (-1)
+        pick = rng.integers(0, _BANK_SIZE, layout.shape)
+        self.variant = np.where(tile_class >= 0, tile_class * _BANK_SIZE + pick, -1)
         noise = rng.normal(_BACKGROUND, 1.5, (_NOISE_TILES, tile_px, tile_px, 1))
         self._noise = np.repeat(np.clip(noise, 0, 255).astype(np.uint8), 3, axis=3)
 
@@ -236,6 +240,7 @@ def make_synthetic_slide(
     target_mpp: float = 0.5,
     tissue_fraction: float = 0.4,
     flavor: str = "aperio",
+    sources: list[np.ndarray] | None = None,
 ) -> SyntheticSlide:
     """Write a tiled, JPEG-compressed, pyramidal TIFF made of real tissue tiles.
 
@@ -256,7 +261,8 @@ def make_synthetic_slide(
         mpp: level-0 µm/px; None writes no MPP at all (only with ``flavor="generic"``).
         levels: downsample of each level, starting at 1, increasing.
         layout: bool ``[ceil(height / cell_px), ceil(width / cell_px)]``; None draws
-            :func:`blob_layout` covering ``tissue_fraction``.
+            :func:`blob_layout` covering ``tissue_fraction``. With ``sources``, an integer
+            layout instead: 0 is glass and ``k >= 1`` a cell showing a tile of ``sources[k-1]``.
         tile_px: TIFF tile side (multiple of 16).
         seed: seed for layout, tile choice, augmentation and noise.
         jpeg_quality: JPEG quality of the tiles.
@@ -266,6 +272,8 @@ def make_synthetic_slide(
         tissue_fraction: tissue share of the default layout.
         flavor: ``"aperio"`` (Aperio ImageDescription with ``MPP``, plus resolution tags) or
             ``"generic"`` (generic tiled TIFF; MPP only in XResolution/ResolutionUnit).
+        sources: tile banks (uint8 ``[N, S, S, 3]`` each), one per tile class of an integer
+            ``layout`` (e.g. nuclei-dense vs stroma-rich tissue); overrides ``source``.
 
     Returns:
         The slide's description and ground truth.
@@ -291,11 +299,17 @@ def make_synthetic_slide(
     grid = (math.ceil(height / cell_px), math.ceil(width / cell_px))
     if layout is None:
         layout = blob_layout(*grid, fraction=tissue_fraction, seed=seed)
-    layout = np.asarray(layout, dtype=bool)
+    if sources is None:
+        layout = np.asarray(layout, dtype=bool)
+        tiles = source if isinstance(source, np.ndarray) else tissue_tiles_from_sample(source)
+        sources = [tiles]
+    else:
+        layout = np.asarray(layout, dtype=np.int64)
+        if layout.min() < 0 or layout.max() > len(sources):
+            raise ValueError(f"layout values must be in 0..{len(sources)} (one per source)")
     if layout.shape != grid:
         raise ValueError(f"layout shape {layout.shape} != {grid} (cells of {cell_px} px)")
-    tiles = source if isinstance(source, np.ndarray) else tissue_tiles_from_sample(source)
-    renderer = _Renderer(layout, cell_px, tiles, tile_px, seed)
+    renderer = _Renderer(layout, cell_px, list(sources), tile_px, seed)
 
     tmp = tmp_path_for(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -327,7 +341,7 @@ def make_synthetic_slide(
     finally:
         tmp.unlink(missing_ok=True)
     log.info("wrote %s: %dx%d, levels %s, mpp %s, %d tissue cells of %d px",
-             path, width, height, levels, mpp, int(layout.sum()), cell_px)  # fmt: skip
+             path, width, height, levels, mpp, int((layout > 0).sum()), cell_px)  # fmt: skip
     return SyntheticSlide(path, (height, width), mpp, levels, layout, cell_px)
 
 

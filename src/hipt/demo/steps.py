@@ -1,0 +1,210 @@
+"""The demo's stage invocations: which public stage entry runs with which arguments, in order."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+from hipt.demo.cohort import SAMPLE_ID, CohortFiles
+from hipt.demo.config import DemoConfig
+
+BACKBONE = "backbone.safetensors"  # what the pretrain stage exports (documented stage output)
+HEATMAP_TASK = "subtype"
+
+
+@dataclasses.dataclass
+class Step:
+    """One stage run of the demo.
+
+    Attributes:
+        name: unique step name, also its provenance file (``provenance/<name>.json``).
+        stage: report group (``tile``, ``pretrain-256``, ``extract``, ...).
+        module: ``pipelines.<module>`` entry point.
+        argv: ``key=value`` arguments that define the result (hashed into the step key).
+        out: the stage's output folder.
+        done_file: the stage's own completion marker inside ``out``.
+        upstream: names of the steps whose outputs this one reads.
+        policy: extra arguments that say *how* to run, not what (e.g. ``overwrite=true``).
+    """
+
+    name: str
+    stage: str
+    module: str
+    argv: list[str]
+    out: Path
+    done_file: str
+    upstream: list[str]
+    policy: list[str] = dataclasses.field(default_factory=list)
+
+
+class Plan:
+    """Folders and arguments of every step, from the demo config and the cohort files."""
+
+    def __init__(self, cfg: DemoConfig, cohort: CohortFiles, group: str) -> None:
+        self.cfg, self.cohort, self.root = cfg, cohort, Path(cfg.out)
+        w = cfg.wandb
+        self.wandb = [f"wandb.mode={w.mode}", f"wandb.project={w.project}", f"wandb.group={group}"]
+        if w.entity:
+            self.wandb.append(f"wandb.entity={w.entity}")
+
+    def folder(self, name: str) -> Path:
+        """Output folder of a stage: ``<out>/<name>``."""
+        return self.root / name
+
+    def early(self) -> Iterator[Step]:
+        """Tile, pretrain-256, extract, pretrain-4k, then every finetune run."""
+        s = self.cfg.stages
+        tiles, features = self.folder("tile"), self.folder("features")
+        p256, p4k = self.folder("pretrain_256"), self.folder("pretrain_4k")
+        yield Step(
+            "tile",
+            "tile",
+            "tile",
+            [f"slides={self.cohort.manifest_csv}", f"out={tiles}", *self.fill(s.tile)],
+            tiles,
+            "regions.parquet",
+            ["cohort"],
+        )
+        yield Step(
+            "pretrain_256",
+            "pretrain-256",
+            "pretrain",
+            [
+                f"config={s.pretrain_256_config}",
+                "level=256",
+                f"data.tiles={tiles}",
+                f"out={p256}",
+                *self.fill(s.pretrain_256),
+            ],
+            p256,
+            BACKBONE,
+            ["tile"],
+        )
+        yield Step(
+            "extract",
+            "extract",
+            "extract_features",
+            [
+                f"tiles={tiles}",
+                f"out={features}",
+                f"checkpoint256={p256 / BACKBONE}",
+                *self.fill(s.extract),
+            ],
+            features,
+            "summary.json",
+            ["tile", "pretrain_256"],
+        )
+        yield Step(
+            "pretrain_4k",
+            "pretrain-4k",
+            "pretrain",
+            [
+                f"config={s.pretrain_4k_config}",
+                "level=4k",
+                f"data.features={features}",
+                f"out={p4k}",
+                *self.fill(s.pretrain_4k),
+            ],
+            p4k,
+            BACKBONE,
+            ["extract"],
+        )
+        head = self.cfg.headline_model
+        for model in [head, *(m for m in self.cfg.run_models if m != head)]:
+            model_args = list(self.cfg.models[model])
+            headline = model == head
+            for task in self.cfg.tasks:
+                for shuffled in (False, True) if self.cfg.controls and headline else (False,):
+                    yield self._finetune(model, model_args, task, shuffled)
+
+    def fill(self, args: list[str]) -> list[str]:
+        """Replace ``{pretrain_256}`` / ``{pretrain_4k}`` with the exported backbone files."""
+        paths = {k: str(self.folder(k) / BACKBONE) for k in ("pretrain_256", "pretrain_4k")}
+        return [
+            a.replace("{pretrain_256}", paths["pretrain_256"]).replace(
+                "{pretrain_4k}", paths["pretrain_4k"]
+            )
+            for a in args
+        ]
+
+    def finetune_dir(self, model: str, task: str, shuffled: bool = False) -> Path:
+        """``<out>/finetune/<model>/<task>[-shuffled]``."""
+        return self.root / "finetune" / model / (task + ("-shuffled" if shuffled else ""))
+
+    def _finetune(self, model: str, model_args: list[str], task: str, shuffled: bool) -> Step:
+        s = self.cfg.stages
+        out = self.finetune_dir(model, task, shuffled)
+        argv = [
+            f"task={task}",
+            f"cohort={self.cohort.cohort_csv}",
+            f"features={self.folder('features')}",
+            f"out={out}",
+            *self.fill([*s.finetune, *model_args, *s.finetune_tasks.get(task, [])]),
+        ]
+        if shuffled:
+            argv.append("shuffle_labels=true")
+        name = f"finetune_{model}_{task}" + ("_shuffled" if shuffled else "")
+        return Step(
+            name,
+            "finetune",
+            "finetune",
+            argv,
+            out,
+            "summary.csv",
+            ["extract", "pretrain_4k"],
+            ["overwrite=true"],
+        )
+
+    def heatmap_slides(self) -> list[tuple[str, Path, str | None]]:
+        """``(slide_id, slide path, patient_id)`` to draw: one slide per subtype, then more."""
+        cohort = pd.read_csv(self.cohort.cohort_csv, dtype=str)
+        manifest = pd.read_csv(self.cohort.manifest_csv, dtype=str).set_index("slide_id")
+        first = cohort.drop_duplicates("patient_id")
+        ordered = pd.concat([first.drop_duplicates("subtype"), first]).drop_duplicates("slide_id")
+        picks = []
+        for row in ordered.head(self.cfg.heatmap_slides).itertuples(index=False):
+            path = self.cohort.root / manifest.loc[row.slide_id, "path"]
+            picks.append((row.slide_id, path, row.patient_id))
+        if SAMPLE_ID in manifest.index and self.cfg.heatmap_slides > 0:
+            picks.append((SAMPLE_ID, Path(manifest.loc[SAMPLE_ID, "path"]), None))
+        return picks
+
+    def model_fold(self, patient_id: str | None) -> Path:
+        """The finetune fold whose test set holds ``patient_id`` (fold 0 for other slides)."""
+        task_dir = self.finetune_dir(self.cfg.headline_model, HEATMAP_TASK)
+        folds = sorted(task_dir.glob("fold_*"), key=lambda p: int(p.name.split("_")[1]))
+        for fold in folds:
+            preds = fold / "predictions.csv"
+            if patient_id and preds.is_file():
+                if patient_id in set(pd.read_csv(preds, dtype=str)["patient_id"]):
+                    return fold
+        return task_dir / "fold_0"
+
+    def late(self) -> Iterator[Step]:
+        """One heatmap run per picked slide, with the finetuned subtype model of its fold."""
+        if HEATMAP_TASK not in self.cfg.tasks:
+            return
+        p256 = self.folder("pretrain_256") / BACKBONE
+        for sid, path, patient in self.heatmap_slides():
+            out = self.root / "heatmaps" / sid
+            argv = [
+                f"slide={path}",
+                f"features={self.folder('features') / f'{sid}.zarr'}",
+                f"model={self.model_fold(patient)}",
+                f"checkpoint256={p256}",
+                f"out={out}",
+                *self.fill(self.cfg.stages.heatmap),
+            ]
+            yield Step(
+                f"heatmap_{sid}",
+                "heatmap",
+                "heatmap",
+                argv,
+                out,
+                "index.html",
+                ["extract", f"finetune_{self.cfg.headline_model}_{HEATMAP_TASK}"],
+                ["overwrite=true"],
+            )
