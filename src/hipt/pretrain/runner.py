@@ -154,7 +154,7 @@ def build_module(cfg: PretrainConfig) -> DinoModule:
         lc.student_temp,
         lc.center_momentum,
     )
-    optim = DinoOptim(**{**to_container(cfg.optim), "betas": tuple(cfg.optim.betas)})
+    optim = DinoOptim(**to_container(cfg.optim))
     return DinoModule(
         MultiCropWrapper(student, heads[0]),
         MultiCropWrapper(teacher, heads[1]),

@@ -19,6 +19,8 @@ from lightly.models.utils import get_weight_decay_parameters, update_momentum
 from lightly.utils.scheduler import cosine_schedule, cosine_warmup_schedule
 from torch import nn
 
+from hipt.pretrain.config import OptimConfig
+
 #: Key marking the parameter group whose weight decay follows the schedule.
 DECAY_FLAG = "hipt_decay"
 
@@ -95,26 +97,8 @@ class DinoSchedules:
         return int(step) < self.freeze_last_layer_steps
 
 
-@dataclasses.dataclass(frozen=True)
-class DinoOptim:
-    """Optimizer and schedule settings (the ``optim`` block of the stage config, typed).
-
-    See :class:`hipt.pretrain.config.OptimConfig` for the meaning of each field.
-    """
-
-    lr: float = 5e-4
-    lr_reference_batch: int = 256
-    min_lr: float = 1e-6
-    warmup_epochs: float = 10.0
-    warmup_steps: int | None = None
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.996
-    momentum_teacher_end: float = 1.0
-    clip_grad: float = 3.0
-    freeze_last_layer_epochs: float = 1.0
-    freeze_last_layer_steps: int | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
+# The optimizer settings are the stage config's typed ``optim`` block itself (one definition).
+DinoOptim = OptimConfig
 
 
 def make_schedules(
