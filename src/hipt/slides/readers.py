@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import collections
 import concurrent.futures
 import logging
@@ -81,6 +82,7 @@ class SlideReader(Protocol):
         """Whole-slide RGB thumbnail and its level-0 px per thumbnail px."""
         ...
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the file."""
         ...
@@ -90,7 +92,7 @@ class SlideReader(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-class BaseReader:
+class BaseReader(abc.ABC):
     """Behaviour shared by the backends; a backend implements ``_read`` (and may override more).
 
     Args:
@@ -122,14 +124,15 @@ class BaseReader:
         """Number of pyramid levels."""
         return len(self.level_dimensions)
 
+    @abc.abstractmethod
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """Backend read of a region that intersects the slide; RGB uint8 [height, width, 3]."""
-        raise NotImplementedError
 
     def backend_mpp(self) -> tuple[float, str] | None:
         """MPP and its source from the backend's own metadata, if it has one."""
         return None
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the file."""
 
