@@ -124,7 +124,9 @@ def test_finetune_survives_sigkill(seed, planted, tmp_path):
         f"features={planted.features}",
         *TINY_FINETUNE,
         "split.n_folds=3",
-        "train.max_epochs=3",
+        # Enough epochs that folds 1-2 cannot finish within the kill delay on an idle machine
+        # (with 3 epochs the whole run could end before the SIGKILL landed).
+        "train.max_epochs=20",
     ]
     _run("finetune", [*args, f"out={tmp_path / 'ref'}"])
     out = tmp_path / "run"
