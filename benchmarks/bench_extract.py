@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_models import vit_gflops  # noqa: E402
+from bench_models import make_style_args, vit_gflops  # noqa: E402
 from hipt.config import load_config  # noqa: E402
 from hipt.extract.config import ExtractConfig  # noqa: E402
 from hipt.extract.runner import run as run_stage  # noqa: E402
@@ -57,21 +57,6 @@ from hipt.models import build, export_backbone  # noqa: E402
 from hipt.models.reference import ExplicitVit4K, ExplicitVit256  # noqa: E402
 
 _FLAGS = frozenset({"tiny", "rss", "compile"})
-
-
-def make_style_args(argv: list[str]) -> list[str]:
-    """Accept ``make bench-extract tiny=true regions=4`` as well as ``--tiny --regions 4``."""
-    out: list[str] = []
-    for tok in argv:
-        key, sep, value = tok.partition("=")
-        if tok.startswith("-") or not sep:
-            out.append(tok)
-        elif key.lower() in _FLAGS:
-            if value.lower() in ("1", "true", "yes", "on"):
-                out.append(f"--{key.lower()}")
-        elif key.lower() not in ("python", "venv", "task"):
-            out += [f"--{key.lower().replace('_', '-')}", value]
-    return out
 
 
 def _tile(slides: Path, out: Path) -> Path:
@@ -294,7 +279,7 @@ def main() -> None:
     parser.add_argument("--rss", action="store_true", help="also peak RSS vs slide size")
     parser.add_argument("--compile", action="store_true", help="also ours with compile=true")
     parser.add_argument("--workdir", default=None, help="keep files here (default: a tempdir)")
-    args = parser.parse_args(make_style_args(sys.argv[1:]))
+    args = parser.parse_args(make_style_args(sys.argv[1:], _FLAGS))
     logging.basicConfig(level=logging.WARNING)
     load0 = os.getloadavg()
     ctx = contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory()

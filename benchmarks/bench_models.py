@@ -92,8 +92,12 @@ _FLAGS = frozenset({"tiny", "compile"})
 _MAKE_ONLY = frozenset({"python", "venv", "task"})
 
 
-def make_style_args(argv: list[str]) -> list[str]:
-    """Accept ``make bench-models batch=8 tiny=true`` (key=value) as well as ``--batch 8``."""
+def make_style_args(argv: list[str], flags: frozenset[str] = _FLAGS) -> list[str]:
+    """Accept ``make bench-models batch=8 tiny=true`` (key=value) as well as ``--batch 8``.
+
+    ``flags`` are the boolean options (``tiny=true`` -> ``--tiny``); the other benchmarks reuse
+    this with their own flags.
+    """
     out: list[str] = []
     for tok in argv:
         key, sep, value = tok.partition("=")
@@ -103,7 +107,7 @@ def make_style_args(argv: list[str]) -> list[str]:
         key = key.lower().replace("_", "-")
         if key in _MAKE_ONLY:
             continue
-        if key in _FLAGS:
+        if key in flags:
             if value.lower() in ("1", "true", "yes", "on"):
                 out.append(f"--{key}")
             continue
