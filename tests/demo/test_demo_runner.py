@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ from demo_utils import MICRO
 
 from hipt.config import load_config
 from hipt.demo.config import DemoConfig
-from hipt.demo.runner import StageFailed, run_demo
+from hipt.demo.runner import StageFailed
+from hipt.demo.runner import run_demo as _run_demo
 
 DONE = {
     "tile": "regions.parquet",
@@ -24,6 +26,12 @@ DONE = {
     "finetune": "summary.csv",
     "heatmap": "index.html",
 }
+
+
+def run_demo(cfg: DemoConfig, fake: FakeStages) -> int:
+    """The demo with ``fake`` stages; finetune steps run 2 at a time in threads (the fake
+    records into this process's memory, so worker processes would not do)."""
+    return _run_demo(cfg, fake, ThreadPoolExecutor)
 
 
 class FakeStages:
@@ -74,7 +82,7 @@ def test_second_run_skips_everything_and_changes_rerun_downstream(demo_root):
     assert run_demo(_cfg(demo_root), fake) == 0
     modules = [m for m, _ in fake.calls]
     assert modules[:4] == ["tile", "pretrain", "extract_features", "pretrain"]
-    n_finetune = 2 * 4 + 4  # headline model with controls + hipt_lgp without
+    n_finetune = (1 + 3) * 4 + 4  # headline model + 3 shuffled-label controls, abmil without
     assert modules[4:] == ["finetune"] * n_finetune + ["heatmap"] * 2
     assert all("wandb.group=demo-" in " ".join(a) for a in fake.argv)
     report = (demo_root / "report.md").read_text()
@@ -127,3 +135,44 @@ def test_interrupted_pretrain_resumes_and_edited_output_reruns(demo_root):
     fake = FakeStages()
     run_demo(_cfg(demo_root), fake)
     assert fake.argv[0][-4] == "resume=true"
+
+
+def _finetune_outs(fake: FakeStages) -> set[str]:
+    """``<model>/<task>`` of every finetune run the fake saw."""
+    outs = [dict(a.split("=", 1) for a in argv)["out"] for argv in fake.argv]
+    return {"/".join(Path(o).parts[-2:]) for o in outs if "finetune" in Path(o).parts}
+
+
+def test_parallel_finetune_failure_records_the_others_and_reruns_only_what_is_missing(demo_root):
+    """With jobs=2, one failing finetune run stops the demo with its code, before the
+    heatmaps; every run that finished is recorded and is not run again next time."""
+    failing = FakeStages(fail="stage-shuffled-2", code=4)
+    with pytest.raises(StageFailed, match="finetune_hipt_lgp_stage_shuffled_2.*exit code 4"):
+        run_demo(_cfg(demo_root), failing)
+    assert "heatmap" not in [m for m, _ in failing.calls]
+    finished = _finetune_outs(failing) - {"hipt_lgp/stage-shuffled-2"}
+    assert finished  # the others before (and beside) the failure were kept
+    again = FakeStages()
+    assert run_demo(_cfg(demo_root), again) == 0
+    rerun = _finetune_outs(again)
+    assert "hipt_lgp/stage-shuffled-2" in rerun and not rerun & finished
+    assert len(rerun | finished) == 20
+    assert [m for m, _ in again.calls][-2:] == ["heatmap", "heatmap"]
+    assert "finetune: " in (demo_root / "report.md").read_text()  # the side-by-side note
+
+
+def test_new_cohort_removes_what_the_old_one_made(demo_root):
+    """Other cohort settings: the stage folders of the old cohort go before anything reruns,
+    so no store of a slide the new cohort lacks can reach pretrain-4k (which refuses a folder
+    that mixes extractions); files outside the stage folders stay."""
+    assert run_demo(_cfg(demo_root), FakeStages()) == 0
+    orphan = demo_root / "features" / "DEMO-999-S0.zarr"
+    orphan.mkdir(parents=True)
+    mine = demo_root / "notes.txt"
+    mine.write_text("kept")
+    fake = FakeStages()
+    assert run_demo(_cfg(demo_root, "cohort.n_patients=9"), fake) == 0
+    assert not orphan.exists() and mine.read_text() == "kept"
+    assert [m for m, _ in fake.calls][:4] == ["tile", "pretrain", "extract_features", "pretrain"]
+    record = json.loads((demo_root / "provenance" / "tile.json").read_text())
+    assert record["status"] == "done"

@@ -18,7 +18,7 @@ TINY = [
     "tasks=[subtype]",
     "controls=false",
     "heatmap_slides=1",
-    "run_models=[abmil]",
+    "run_models=[hipt_lgp]",
     "stages.pretrain_256=[trainer.max_steps=4,data.batch_size=4,data.num_workers=0]",
     "stages.pretrain_4k=[trainer.max_steps=4,data.batch_size=4]",
     "stages.finetune=[split.n_folds=2,split.val_fraction=0,train.max_epochs=2]",
@@ -47,7 +47,7 @@ def test_chain_runs_then_skips(micro_cohort, tmp_path, capsys):
     assert main([*_micro(root), *TINY]) == 0
     report = capsys.readouterr().out
     assert "| subtype | AUROC | 2 |" in report
-    for folder in ("tile", "pretrain_256", "features", "pretrain_4k", "finetune/abmil/subtype"):
+    for folder in ("tile", "pretrain_256", "features", "pretrain_4k", "finetune/hipt_lgp/subtype"):
         assert json.loads((root / folder / "run.json").read_text())["config_hash"]
     assert any((root / "heatmaps").glob("*/index.html"))
     t0 = time.perf_counter()
@@ -60,13 +60,16 @@ def test_chain_runs_then_skips(micro_cohort, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_full_demo_meets_targets(tmp_path, capsys):
-    """`make demo` as shipped: subtype AUROC >= 0.9, survival C >= 0.7, shuffled-label controls
-    below 0.65 (chance is 0.5; test folds hold 9 patients)."""
+    """`make demo` as shipped: the headline model (HIPT) reaches subtype AUROC >= 0.9 and
+    survival C >= 0.7; its shuffled-label controls (3 permutations x 4 folds pooled) stay within
+    0.15 of chance (0.5; each test fold holds 9 patients)."""
     import pandas as pd
     from pipelines.demo import main
 
+    from hipt.demo.report import fold_stat
+
     assert main([f"out={tmp_path / 'demo'}"]) == 0
-    root = tmp_path / "demo" / "finetune" / "abmil"
+    root = tmp_path / "demo" / "finetune" / "hipt_lgp"
 
     def mean(task: str, metric: str) -> float:
         table = pd.read_csv(root / task / "summary.csv", dtype={"fold": str})
@@ -75,4 +78,7 @@ def test_full_demo_meets_targets(tmp_path, capsys):
     assert mean("subtype", "auroc") >= 0.9
     assert mean("survival", "c_index") >= 0.7
     for task, metric in (("subtype", "auroc"), ("survival", "c_index"), ("stage", "auroc")):
-        assert mean(f"{task}-shuffled", metric) < 0.65
+        controls = sorted(root.glob(f"{task}-shuffled-*/summary.csv"))
+        control, _, n = fold_stat(controls, metric)
+        assert len(controls) == 3 and n == 12
+        assert abs(control - 0.5) <= 0.15, (task, control)

@@ -52,7 +52,7 @@ class CohortConfig:
             extracted and drawn; it has no labels, so it is not in the cohort CSV).
     """
 
-    n_patients: int = 36
+    n_patients: int = 60
     slides_per_patient: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
     regions: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
     fine_mpp_every: int = 11

@@ -10,7 +10,7 @@ from hipt.errors import ConfigError
 
 TASKS = ("subtype", "stage", "survival", "response")
 #: Keys that never change results: left out of the demo hash (and so of the W&B group name).
-NON_RESULT_KEYS = ("out", "force", "isolate", "torch_threads", "wandb")
+NON_RESULT_KEYS = ("out", "force", "isolate", "jobs", "torch_threads", "wandb")
 
 
 @dataclasses.dataclass
@@ -56,10 +56,14 @@ class DemoConfig:
         headline_model: the model (one of ``run_models``) whose results lead the report, that
             gets the shuffled-label controls and whose subtype folds draw the heatmaps.
         controls: also run every task with labels shuffled across patients.
+        control_repeats: independent label permutations per task (seeds 1..N); the report
+            pools their folds, so the control's mean is a tighter estimate of chance.
         heatmap_slides: synthetic slides to draw (the sample slide is drawn too when present).
         force: rerun every stage even when its outputs are up to date.
         isolate: run each stage in its own ``python -m pipelines.<stage>`` process instead of
             in this one (slower start, nothing shared between stages).
+        jobs: finetune runs (independent of each other) at a time, each in a worker process;
+            1 runs them one after another in this process.
         torch_threads: torch intra-op threads of the stages (``null``: torch's default, one per
             core). 1 leaves the other core to the data-loading worker, and avoids OpenMP threads
             spinning against each other on a busy 2-core machine (measured 3-4x faster there).
@@ -77,9 +81,11 @@ class DemoConfig:
     run_models: list[str] = dataclasses.field(default_factory=lambda: ["abmil"])
     headline_model: str = "abmil"
     controls: bool = True
+    control_repeats: int = 3
     heatmap_slides: int = 2
     force: bool = False
     isolate: bool = False
+    jobs: int = 2
     torch_threads: int | None = 1
     cohort: CohortConfig = dataclasses.field(default_factory=CohortConfig)
     stages: StageArgs = dataclasses.field(default_factory=StageArgs)
@@ -117,6 +123,10 @@ def validate(cfg: DemoConfig) -> None:
             f"cohort.regions must be [rows, cols] with >= 2 regions (response is planted in "
             f"how regions differ), got {list(c.regions)}"
         )
+    if cfg.jobs < 1:
+        raise ConfigError(f"jobs must be >= 1, got {cfg.jobs}")
+    if cfg.control_repeats < 1:
+        raise ConfigError(f"control_repeats must be >= 1, got {cfg.control_repeats}")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise ConfigError(f"torch_threads must be >= 1 or null, got {cfg.torch_threads}")
     if c.fine_mpp_every < 0 or cfg.heatmap_slides < 0:

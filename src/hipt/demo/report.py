@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ HEADLINE = {
 SECONDARY = {"stage": ("qwk", "QWK"), "subtype": ("balanced_accuracy", "bal. acc.")}
 STAGE_ORDER = ("cohort", "tile", "pretrain-256", "extract", "pretrain-4k", "finetune", "heatmap")
 PLOTS = ("roc.png", "confusion.png", "km.png")
+CONTROL = "shuffled-label control (permutations x folds)"
 
 
 @dataclasses.dataclass
@@ -45,15 +47,25 @@ class StepTiming:
     last_run_seconds: float
 
 
-def fold_stat(summary_csv: Path, metric: str) -> tuple[float, float, int]:
-    """``(mean, std, n_folds)`` of ``metric`` over the test folds of a finetune ``summary.csv``."""
+def fold_values(summary_csv: Path, metric: str) -> list[float]:
+    """Test-fold values of ``metric`` in a finetune ``summary.csv`` (empty when absent)."""
     table = pd.read_csv(summary_csv, dtype={"fold": str})
     if metric not in table.columns:
-        return math.nan, math.nan, 0
+        return []
     folds = table[~table["fold"].isin(["mean", "std"])]
-    values = pd.to_numeric(folds[metric], errors="coerce").dropna()
-    std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
-    return float(values.mean()), std, len(values)
+    return [float(v) for v in pd.to_numeric(folds[metric], errors="coerce").dropna()]
+
+
+def fold_stat(summaries: Sequence[Path], metric: str) -> tuple[float, float, int]:
+    """``(mean, std, n)`` of ``metric`` over the test folds of one or more ``summary.csv``.
+
+    Several summaries (the shuffled-label repeats) are pooled: ``n`` counts every fold.
+    """
+    values = [v for path in summaries if path.is_file() for v in fold_values(path, metric)]
+    if not values:
+        return math.nan, math.nan, 0
+    std = float(pd.Series(values).std(ddof=1)) if len(values) > 1 else math.nan
+    return float(sum(values) / len(values)), std, len(values)
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -78,21 +90,22 @@ def results_rows(root: Path, tasks: list[str], models: list[str]) -> list[dict[s
             folder = root / "finetune" / head / task
             if not (folder / "summary.csv").is_file():
                 continue
-            m, s, k = fold_stat(folder / "summary.csv", key)
-            control = root / "finetune" / head / f"{task}-shuffled" / "summary.csv"
-            cm, cs, _ = fold_stat(control, key) if control.is_file() else (math.nan,) * 3
+            m, s, k = fold_stat([folder / "summary.csv"], key)
+            controls = sorted((root / "finetune" / head).glob(f"{task}-shuffled-*/summary.csv"))
+            cm, cs, ck = fold_stat(controls, key)
             row = {
                 "task": task,
                 "metric": label,
                 "folds": str(k),
                 head: _fmt(m, s),
-                "shuffled-label control": _fmt(cm, cs),
+                CONTROL: _fmt(cm, cs)
+                + (f" ({len(controls)} x {ck // len(controls)})" if ck else ""),
                 "target": "" if target is None else f">= {target}",
                 "met": "" if target is None else ("yes" if m >= target else "NO"),
             }
             for other in models[1:]:
                 summary = root / "finetune" / other / task / "summary.csv"
-                row[other] = _fmt(*fold_stat(summary, key)[:2]) if summary.is_file() else "n/a"
+                row[other] = _fmt(*fold_stat([summary], key)[:2])
             rows.append(row)
     return rows
 
@@ -103,9 +116,16 @@ def _markdown(rows: list[dict[str, str]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def timing_rows(timings: list[StepTiming]) -> list[dict[str, str]]:
-    """Per stage: steps ran/skipped, wall time now, and the time of the runs behind the outputs."""
+def timing_rows(
+    timings: list[StepTiming], walls: Mapping[str, float] | None = None
+) -> list[dict[str, str]]:
+    """Per stage: steps ran/skipped, wall time now, and the time of the runs behind the outputs.
+
+    ``walls`` gives the wall time of stages whose steps ran side by side (their step times
+    add up to more).
+    """
     rows = []
+    walls = walls or {}
     for stage in STAGE_ORDER:
         ts = [t for t in timings if t.stage == stage]
         if not ts:
@@ -115,7 +135,7 @@ def timing_rows(timings: list[StepTiming]) -> list[dict[str, str]]:
             {
                 "stage": stage,
                 "steps": f"{ran} ran, {len(ts) - ran} up to date",
-                "this run (s)": f"{sum(t.seconds for t in ts):.1f}",
+                "this run (s)": f"{walls.get(stage, sum(t.seconds for t in ts)):.1f}",
                 "outputs made in (s)": f"{sum(t.last_run_seconds for t in ts):.1f}",
             }
         )
@@ -139,16 +159,29 @@ def pictures(root: Path, tasks: list[str], model: str) -> list[str]:
 
 
 def write_report(
-    root: Path, plan: Plan, timings: list[StepTiming], total_s: float, group: str
+    root: Path,
+    plan: Plan,
+    timings: list[StepTiming],
+    total_s: float,
+    group: str,
+    walls: Mapping[str, float] | None = None,
 ) -> Path:
-    """Write ``<root>/report.md`` and return its path."""
+    """Write ``<root>/report.md`` and return its path (``walls``: see :func:`timing_rows`)."""
     tasks = list(plan.cfg.tasks)
     head = plan.cfg.headline_model
     models = [head, *(m for m in plan.cfg.run_models if m != head)]
     info = plan.cohort.info()
-    columns = ["task", "metric", "folds", head, "shuffled-label control", "target", "met"]
+    columns = ["task", "metric", "folds", head, CONTROL, "target", "met"]
     res = _markdown(results_rows(root, tasks, models), columns + models[1:])
-    tim = _markdown(timing_rows(timings), ["stage", "steps", "this run (s)", "outputs made in (s)"])
+    tim = _markdown(
+        timing_rows(timings, walls), ["stage", "steps", "this run (s)", "outputs made in (s)"]
+    )
+    for stage in walls or {}:
+        ran = [t.seconds for t in timings if t.stage == stage and t.status == "ran"]
+        tim += (
+            f"\n\n{stage}: {len(ran)} runs, {plan.cfg.jobs} at a time (`jobs`); this run's "
+            f"wall time above, their own times add up to {sum(ran):.1f} s."
+        )
     args = "; ".join(f"{m}: {' '.join(plan.cfg.models[m])}" for m in models)
     cohort = (
         f"Cohort: {plan.cfg.cohort.n_patients} synthetic patients, {info['n_slides']} slides "
@@ -162,7 +195,11 @@ def write_report(
     )
     sections = [
         ("# hipt demo report", cohort),
-        ("## Test-fold metrics (mean ± std over folds; control: labels shuffled)", res),
+        (
+            "## Test-fold metrics (mean ± std over folds; control: labels shuffled across "
+            "patients, every permutation's folds pooled)",
+            res,
+        ),
         (f"## Stage wall times (total this run: {total_s:.1f} s)", tim),
         ("## Plots and heatmaps", "\n".join(pictures(root, tasks, head) or ["- none"])),
         ("## Weights & Biases", wandb),

@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ from hipt.demo.cohort import (
 )
 from hipt.demo.config import DemoConfig, demo_hash, validate
 from hipt.demo.report import StepTiming, write_report
-from hipt.demo.steps import BACKBONE, Plan, Step
+from hipt.demo.steps import BACKBONE, STAGE_FOLDERS, Plan, Step
 from hipt.errors import HiptError
 from hipt.io import atomic_write_json, clean_stale_tmp
 from hipt.lock import RunLock
@@ -36,6 +39,23 @@ log = logging.getLogger(__name__)
 
 #: ``(module, argv) -> exit code``: runs ``pipelines.<module>`` (in-process or as a process).
 Launcher = Callable[[str, list[str]], int]
+#: ``n_workers -> Executor`` for steps that run side by side.
+Pool = Callable[[int], Executor]
+
+
+def spawn_pool(n: int) -> Executor:
+    """``n`` fresh worker processes, each importing the stages once and running several steps.
+
+    Spawned, not forked: a fork would copy this process's OpenMP and lock state.
+    """
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+
+def timed_launch(launch: Launcher, module: str, argv: list[str]) -> tuple[int, float]:
+    """``(exit code, wall seconds)`` of one stage run (module level: it runs in workers)."""
+    t0 = time.perf_counter()
+    code = int(launch(module, argv))
+    return code, time.perf_counter() - t0
 
 
 class StageFailed(HiptError):
@@ -60,15 +80,20 @@ class DemoRunner:
 
     Args:
         cfg: validated demo config.
-        launch: how a stage is started (injected: ``src`` never imports ``pipelines``).
+        launch: how a stage is started (injected: ``src`` never imports ``pipelines``); with
+            ``cfg.jobs > 1`` it must be picklable (a module-level function).
+        pool: ``n -> Executor`` running the finetune steps ``cfg.jobs`` at a time (default:
+            :func:`spawn_pool`).
     """
 
-    def __init__(self, cfg: DemoConfig, launch: Launcher) -> None:
+    def __init__(self, cfg: DemoConfig, launch: Launcher, pool: Pool | None = None) -> None:
         self.cfg, self.launch = cfg, launch
+        self.pool = pool or spawn_pool
         self.root = Path(cfg.out)
         self.prov = self.root / "provenance"
         self.digests: dict[str, str] = {}
         self.timings: list[StepTiming] = []
+        self.walls: dict[str, float] = {}  # wall time of stages whose steps ran side by side
         self.group = cfg.wandb.group or f"demo-{demo_hash(cfg)[:8]}"
 
     def _record(self, name: str) -> dict[str, Any]:
@@ -109,21 +134,63 @@ class DemoRunner:
             return ["resume=true"]
         return ["overwrite=true"]
 
-    def run_step(self, step: Step, wandb_args: list[str]) -> None:
-        """Skip or run one step; raise :class:`StageFailed` on a non-zero exit code."""
+    def begin(self, step: Step, wandb_args: list[str]) -> tuple[str, list[str]] | None:
+        """Skip an up-to-date step (None), or mark it running and return ``(key, argv)``."""
         key = self.key(step)
         if self.up_to_date(step, key):
             rec = self._record(step.name)
             self.digests[step.name] = rec["digest"]
             log.info("demo: %s is up to date (%s); skipped", step.name, step.out)
             self.timings.append(StepTiming(step.name, step.stage, "skipped", 0.0, rec["seconds"]))
-            return
+            return None
         argv = [*step.argv, *self.policy(step, key), *wandb_args]
         log.info("demo: running %s: pipelines.%s %s", step.name, step.module, " ".join(argv))
         self._write(step.name, {"status": "running", "key": key, "argv": argv})
-        t0 = time.perf_counter()
-        code = int(self.launch(step.module, argv))
-        seconds = time.perf_counter() - t0
+        return key, argv
+
+    def run_step(self, step: Step, wandb_args: list[str]) -> None:
+        """Skip or run one step; raise :class:`StageFailed` on a non-zero exit code."""
+        started = self.begin(step, wandb_args)
+        if started is not None:
+            key, argv = started
+            code, seconds = timed_launch(self.launch, step.module, argv)
+            self.end(step, key, argv, code, seconds)
+
+    def run_parallel(self, steps: list[Step], wandb_args: list[str]) -> None:
+        """Run independent steps ``cfg.jobs`` at a time, each in a worker process.
+
+        Each finished step is recorded at once; after a failure no further step starts, the
+        running ones finish (and are recorded), then the first failure is raised.
+        """
+        todo = [(s, started) for s in steps if (started := self.begin(s, wandb_args))]
+        if not todo:
+            return
+        failure: StageFailed | None = None
+        start = time.perf_counter()
+        stage = todo[0][0].stage
+        with self.pool(min(self.cfg.jobs, len(todo))) as pool:
+            futures = {
+                pool.submit(timed_launch, self.launch, s.module, argv): (s, key, argv)
+                for s, (key, argv) in todo
+            }
+            for future in as_completed(futures):
+                if future.cancelled():  # never started: stays "running", reruns next time
+                    continue
+                step, key, argv = futures[future]
+                code, seconds = future.result()
+                try:
+                    self.end(step, key, argv, code, seconds)
+                    log.info("demo: %s finished in %.1f s", step.name, seconds)
+                except StageFailed as err:
+                    failure = failure or err
+                    for other in futures:
+                        other.cancel()
+        self.walls[stage] = self.walls.get(stage, 0.0) + time.perf_counter() - start
+        if failure is not None:
+            raise failure
+
+    def end(self, step: Step, key: str, argv: list[str], code: int, seconds: float) -> None:
+        """Record a finished step; raise :class:`StageFailed` when it failed."""
         if code != 0 or not (step.out / step.done_file).exists():
             self._write(step.name, {"status": "failed", "key": key, "argv": argv, "code": code})
             raise StageFailed(step.name, code or 1, step.out)
@@ -141,12 +208,32 @@ class DemoRunner:
         )
         self.timings.append(StepTiming(step.name, step.stage, "ran", seconds, seconds))
 
+    def drop_stale_outputs(self) -> None:
+        """Remove the stage folders and step records made from an earlier cohort.
+
+        A new cohort (other settings, seed or ``force``) makes every one of them stale, and
+        some would not be replaced but read beside the new ones (the stores of slides the new
+        cohort lacks would reach pretrain-4k).
+        """
+        stale = [self.root / name for name in STAGE_FOLDERS if (self.root / name).exists()]
+        if stale:
+            log.info(
+                "demo: new cohort; removing the outputs made from the old one: %s",
+                ", ".join(str(p) for p in stale),
+            )
+        for path in stale:
+            shutil.rmtree(path)
+        for record in self.prov.glob("*.json"):
+            record.unlink()
+
     def cohort(self) -> Plan:
         """Generate (or reuse) the cohort; return the step plan that uses it."""
         t0 = time.perf_counter()
         key = settings_key(self.cfg.cohort, self.cfg.seed)
         files = CohortFiles(self.root / "cohort")
         reused = not self.cfg.force and is_current(files, key)
+        if not reused:
+            self.drop_stale_outputs()
         generate_cohort(files.root, self.cfg.cohort, self.cfg.seed, force=self.cfg.force)
         info = files.info()
         status, seconds = ("skipped", 0.0) if reused else ("ran", time.perf_counter() - t0)
@@ -168,14 +255,20 @@ class DemoRunner:
         """Every step in order, then the report; return ``report.md``."""
         t0 = time.perf_counter()
         plan = self.cohort()
+        parallel = []
         for step in plan.early():
-            self.run_step(step, plan.wandb)
+            if step.module == "finetune" and self.cfg.jobs > 1:
+                parallel.append(step)  # independent of each other; their inputs are done
+            else:
+                self.run_step(step, plan.wandb)
+        self.run_parallel(parallel, plan.wandb)
         for step in plan.late():
             self.run_step(step, plan.wandb)
-        return write_report(self.root, plan, self.timings, time.perf_counter() - t0, self.group)
+        total = time.perf_counter() - t0
+        return write_report(self.root, plan, self.timings, total, self.group, self.walls)
 
 
-def run_demo(cfg: DemoConfig, launch: Launcher) -> int:
+def run_demo(cfg: DemoConfig, launch: Launcher, pool: Pool | None = None) -> int:
     """Stage entry of ``pipelines.demo``: validate, lock ``out``, run every step, report."""
     validate(cfg)
     if cfg.torch_threads:
@@ -187,6 +280,6 @@ def run_demo(cfg: DemoConfig, launch: Launcher) -> int:
     root.mkdir(parents=True, exist_ok=True)
     with RunLock(root):
         clean_stale_tmp(root)
-        report = DemoRunner(cfg, launch).run()
+        report = DemoRunner(cfg, launch, pool).run()
     log.info("demo: done; report in %s", report)
     return 0

@@ -12,7 +12,14 @@ from hipt.demo.cohort import SAMPLE_ID, CohortFiles
 from hipt.demo.config import DemoConfig
 
 BACKBONE = "backbone.safetensors"  # what the pretrain stage exports (documented stage output)
+#: The demo's stage folders (under ``out``): everything made from the cohort.
+STAGE_FOLDERS = ("tile", "pretrain_256", "features", "pretrain_4k", "finetune", "heatmaps")
 HEATMAP_TASK = "subtype"
+
+
+def control_name(task: str, shuffle: int | None) -> str:
+    """Folder name of a finetune run: ``<task>``, or ``<task>-shuffled-<n>`` for control ``n``."""
+    return task if shuffle is None else f"{task}-shuffled-{shuffle}"
 
 
 @dataclasses.dataclass
@@ -116,9 +123,11 @@ class Plan:
         for model in [head, *(m for m in self.cfg.run_models if m != head)]:
             model_args = list(self.cfg.models[model])
             headline = model == head
+            repeats = range(1, self.cfg.control_repeats + 1)
+            controls = list(repeats) if self.cfg.controls and headline else []
             for task in self.cfg.tasks:
-                for shuffled in (False, True) if self.cfg.controls and headline else (False,):
-                    yield self._finetune(model, model_args, task, shuffled)
+                for shuffle in (None, *controls):
+                    yield self._finetune(model, model_args, task, shuffle)
 
     def fill(self, args: list[str]) -> list[str]:
         """Replace ``{pretrain_256}`` / ``{pretrain_4k}`` with the exported backbone files."""
@@ -130,13 +139,13 @@ class Plan:
             for a in args
         ]
 
-    def finetune_dir(self, model: str, task: str, shuffled: bool = False) -> Path:
-        """``<out>/finetune/<model>/<task>[-shuffled]``."""
-        return self.root / "finetune" / model / (task + ("-shuffled" if shuffled else ""))
+    def finetune_dir(self, model: str, task: str, shuffle: int | None = None) -> Path:
+        """``<out>/finetune/<model>/<task>``, or ``<task>-shuffled-<n>`` for control ``n``."""
+        return self.root / "finetune" / model / control_name(task, shuffle)
 
-    def _finetune(self, model: str, model_args: list[str], task: str, shuffled: bool) -> Step:
+    def _finetune(self, model: str, model_args: list[str], task: str, shuffle: int | None) -> Step:
         s = self.cfg.stages
-        out = self.finetune_dir(model, task, shuffled)
+        out = self.finetune_dir(model, task, shuffle)
         argv = [
             f"task={task}",
             f"cohort={self.cohort.cohort_csv}",
@@ -144,9 +153,9 @@ class Plan:
             f"out={out}",
             *self.fill([*s.finetune, *model_args, *s.finetune_tasks.get(task, [])]),
         ]
-        if shuffled:
-            argv.append("shuffle_labels=true")
-        name = f"finetune_{model}_{task}" + ("_shuffled" if shuffled else "")
+        if shuffle is not None:
+            argv += ["shuffle_labels=true", f"seed={shuffle}"]  # permutation n: seed n
+        name = f"finetune_{model}_{control_name(task, shuffle).replace('-', '_')}"
         return Step(
             name,
             "finetune",

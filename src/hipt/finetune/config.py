@@ -25,6 +25,11 @@ class ModelConfig:
             (same result, far faster), else ``feats256 [M,256,384]``. ``feats4k`` for
             ``abmil``/``meanpool`` trains them on region features instead of patch features.
         dropout: dropout of the slide head.
+        standardize: standardise the head's inputs (``hipt_lgp``: the region embeddings after
+            the ViT-4K; ``abmil``/``meanpool``: the instances) per feature with the mean and std
+            of the training fold's bags, fitted before training and saved in the model. Off in
+            the official recipe; it rescues heads on features whose regions differ by a tiny
+            fraction of their scale (tiny or briefly pretrained encoders, see the demo).
         kwargs: further constructor arguments of the model (e.g. ``hidden_dim``).
     """
 
@@ -33,6 +38,7 @@ class ModelConfig:
     checkpoint_4k: str | None = None
     input: str = "auto"
     dropout: float = 0.25
+    standardize: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,12 +73,17 @@ class DataConfig:
             (official; survival balances (time bin, event) pairs like MCAT).
         cache_gb: keep every bag in memory when the cohort's features need less than this.
         num_workers: DataLoader workers.
+        encode_once: ``hipt_lgp`` with a frozen ViT-4K loaded from ``model.checkpoint_4k`` on
+            ``feats256``: run that ViT-4K once per bag before training and train the global
+            stage on the cached region embeddings (the same numbers, several times faster);
+            false runs it in every step. Needs the embeddings to fit ``cache_gb``.
     """
 
     max_regions: int | None = None
     balanced_sampling: bool = True
     cache_gb: float = 4.0
     num_workers: int = 0
+    encode_once: bool = True
 
 
 @dataclass

@@ -10,10 +10,11 @@ from typing import NamedTuple
 import lightning as L
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from hipt.features import FeatureStore, open_store
+from hipt.models import bag_to_grid
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,31 @@ class BagReader:
         stores: patient id -> store paths of their slides (pooled in this order).
         kind: ``feats256`` (``[M,256,D256]``) or ``feats4k`` (``[M,D4k]``).
         cache_gb: cache every bag when all of them need less than this many GB (float32).
+        encoder: a frozen region encoder (the ViT-4K of ``hipt_lgp``) applied to every
+            ``feats256`` bag as it is read: bags come out as ``[M, E]`` region embeddings and
+            the cache holds those, so training runs the encoder once per bag instead of once
+            per step. It must be deterministic (eval mode, fixed weights) and per region.
     """
 
     def __init__(
-        self, stores: Mapping[str, Sequence[str | Path]], kind: str, cache_gb: float
+        self,
+        stores: Mapping[str, Sequence[str | Path]],
+        kind: str,
+        cache_gb: float,
+        encoder: nn.Module | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind}")
-        self.kind = kind
+        if encoder is not None and kind != "feats256":
+            raise ValueError("a region encoder reads feats256 bags, not feats4k")
+        self.kind, self.encoder = kind, encoder
         self.stores: dict[str, list[FeatureStore]] = {
             p: [open_store(s) for s in paths] for p, paths in stores.items()
         }
         some = next(iter(self.stores.values()))[0].meta
         width = 256 * some.feature_dim_256 if kind == "feats256" else some.feature_dim_4k
+        if encoder is not None:
+            width = int(encoder.embed_dim)
         total = sum(s.n_regions for ss in self.stores.values() for s in ss)
         self.nbytes = total * width * 4
         self.cached = self.nbytes <= cache_gb * 1e9
@@ -61,12 +74,24 @@ class BagReader:
         # be used for training later.
         self._cache: dict[str, np.ndarray] = {}
         log.info(
-            "bags: %s, %d regions, %.2f GB as float32 (%s)",
+            "bags: %s%s, %d regions, %.2f GB as float32 (%s)",
             kind,
+            "" if encoder is None else " through the frozen ViT-4K once",
             total,
             self.nbytes / 1e9,
             "cached in memory" if self.cached else "read per step",
         )
+
+    def preload(self) -> None:
+        """Read (and encode) every bag into the cache now, in this process (no-op if uncached).
+
+        With an encoder this keeps the encoding out of DataLoader workers and out of the
+        first epoch's timing.
+        """
+        if self.cached:
+            for patient in self.stores:
+                if patient not in self._cache:
+                    self._cache[patient] = self._read_all(patient)
 
     def n_regions(self, patient: str) -> int:
         """Regions in the patient's bag."""
@@ -101,10 +126,23 @@ class BagReader:
             if len(local):
                 parts.append(self._read_store(store, local))
             start += store.n_regions
-        return torch.from_numpy(np.concatenate(parts, 0))
+        return torch.from_numpy(self._encode(np.concatenate(parts, 0)))
 
     def _read_all(self, patient: str) -> np.ndarray:
-        return np.concatenate([self._read_store(s, None) for s in self.stores[patient]], 0)
+        bag = np.concatenate([self._read_store(s, None) for s in self.stores[patient]], 0)
+        return self._encode(bag)
+
+    def _encode(self, bag: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """``bag`` through the region encoder (``[M,256,D]`` -> ``[M,E]``), if there is one."""
+        if self.encoder is None:
+            return bag
+        device = next(self.encoder.parameters()).device
+        with torch.no_grad():
+            out = [
+                self.encoder(bag_to_grid(torch.from_numpy(bag[i : i + chunk]).to(device)))
+                for i in range(0, len(bag), chunk)
+            ]
+        return torch.cat(out).float().cpu().numpy()
 
 
 class BagDataset(Dataset[Bag]):

@@ -23,7 +23,7 @@ from hipt.finetune.config import FinetuneConfig
 from hipt.finetune.datamodule import BagDataset, BagReader, SlideBagDataModule
 from hipt.finetune.module import SlideTaskModule
 from hipt.finetune.selection import SelectBest
-from hipt.finetune.slide_model import ModelPlan, build_model
+from hipt.finetune.slide_model import ModelPlan, build_model, fit_scaler
 from hipt.finetune.tasks import Task
 from hipt.io import atomic_write_json, atomic_write_text, tmp_path_for
 
@@ -144,6 +144,8 @@ def train_fold(
         cfg.data.num_workers,
     )
     model = build_model(plan, meta)
+    # whole training bags, in patient order: the fit depends on the fold only
+    scaler_rows = fit_scaler(model, (reader.read(p) for p in split["train"]["patient_id"]))
     info = {
         "model_name": plan.name,
         "model_kwargs": plan.kwargs,
@@ -181,6 +183,7 @@ def train_fold(
         "epochs_run": trainer.current_epoch,
         "seed": seed,
         "input": plan.kind,
+        "scaler_rows": scaler_rows,
         "selected_epoch": (
             selector.best_epoch
             if selector and selector.restore_best and selector.best_state is not None

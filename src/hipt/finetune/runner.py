@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from hipt.finetune.config import HASH_EXCLUDE, SELECT, FinetuneConfig
 from hipt.finetune.datamodule import BagReader
 from hipt.finetune.fold import FoldResult, read_done, train_fold, write_done
 from hipt.finetune.metrics import confusion
-from hipt.finetune.slide_model import checkpoint_sha, plan_model
+from hipt.finetune.slide_model import ModelPlan, checkpoint_sha, frozen_region_encoder, plan_model
 from hipt.finetune.splits import load_or_make_folds
 from hipt.finetune.tasks import Task, build_task
 from hipt.io import atomic_write_text, clean_stale_tmp
@@ -117,6 +118,37 @@ def make_plots(task: Task, frames: list[pd.DataFrame], out: Path) -> dict[str, P
     return made
 
 
+def _bag_reader(
+    cfg: FinetuneConfig, plan: ModelPlan, cohort: Cohort, stores: dict[str, list[str]]
+) -> BagReader:
+    """The run's bag reader.
+
+    With ``data.encode_once`` and a shared frozen ViT-4K, bags are encoded up front (falls back
+    to per-step encoding when the embeddings would not be cached).
+    """
+    use_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    encoder = (
+        frozen_region_encoder(cfg.model, plan, cohort.meta, device)
+        if cfg.data.encode_once
+        else None
+    )
+    if encoder is not None:
+        reader = BagReader(stores, plan.kind, cfg.data.cache_gb, encoder)
+        if reader.cached:
+            start = time.perf_counter()
+            reader.preload()
+            log.info(
+                "encode_once: region embeddings of %d patients made by the frozen ViT-4K in "
+                "%.1f s; training reads those",
+                len(stores),
+                time.perf_counter() - start,
+            )
+            return reader
+        log.info("encode_once: embeddings exceed data.cache_gb; the ViT-4K runs every step")
+    return BagReader(stores, plan.kind, cfg.data.cache_gb)
+
+
 def _run_folds(
     cfg: FinetuneConfig, task: Task, cohort: Cohort, out: Path, chash: str, group: str
 ) -> list[FoldResult]:
@@ -144,7 +176,7 @@ def _run_folds(
         cfg.overwrite,
     )
     stores = cohort.slides.groupby("patient_id", sort=False)["store"].apply(list).to_dict()
-    reader = BagReader(stores, plan.kind, cfg.data.cache_gb)
+    reader = _bag_reader(cfg, plan, cohort, stores)
     results = []
     for k, fold in enumerate(folds):
         prev = read_done(out, k)

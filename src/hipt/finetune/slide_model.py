@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from hipt.errors import ConfigError
 from hipt.features import FeatureStoreMeta
@@ -61,6 +63,8 @@ def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> Mode
     if cfg.input not in INPUTS:
         raise ConfigError(f"model.input must be one of {INPUTS}, got '{cfg.input}'")
     kwargs: dict[str, Any] = {"n_classes": n_outputs, "dropout": cfg.dropout, **cfg.kwargs}
+    if cfg.standardize:
+        kwargs["standardize"] = True
     if not _is_lgp(cfg.name):
         if cfg.checkpoint_4k:
             raise ConfigError(f"model.checkpoint_4k only applies to hipt_lgp, not {cfg.name}")
@@ -122,3 +126,42 @@ def build_model(plan: ModelPlan, meta: FeatureStoreMeta) -> nn.Module:
             "pick the model that matches the extractor (e.g. *_tiny_test for tiny stores)"
         )
     return model
+
+
+def fit_scaler(model: nn.Module, bags: Iterable[Tensor]) -> int | None:
+    """Fit the model's :class:`~hipt.models.scaler.FeatureScaler` on training ``bags``.
+
+    Each bag goes through ``model.scaler_inputs`` (for ``hipt_lgp`` on ``feats256`` that runs
+    the ViT-4K) in eval mode without gradients. Returns the number of rows fitted on, or None
+    when the model has no scaler.
+    """
+    scaler = getattr(model, "scaler", None)
+    if scaler is None:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            scaler.fit(model.scaler_inputs(bag) for bag in bags)
+    finally:
+        model.train(was_training)
+    log.info("standardize: scaler fitted on %d training rows", int(scaler.count))
+    return int(scaler.count)
+
+
+def frozen_region_encoder(
+    cfg: ModelConfig, plan: ModelPlan, meta: FeatureStoreMeta, device: torch.device
+) -> nn.Module | None:
+    """The frozen ViT-4K that every fold's ``hipt_lgp`` shares, or None when there is none.
+
+    Only when the weights are the same in every fold: ``hipt_lgp`` on ``feats256``, frozen,
+    loaded from ``checkpoint_4k`` (a random init differs per fold seed).
+    """
+    if not (_is_lgp(plan.name) and plan.kind == "feats256" and cfg.freeze_4k):
+        return None
+    if not cfg.checkpoint_4k:
+        return None
+    encoder = getattr(build_model(plan, meta), "local_vit", None)
+    if encoder is None:
+        return None
+    return encoder.requires_grad_(False).eval().to(device)

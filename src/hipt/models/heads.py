@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from hipt.models.factory import MODELS, build
 from hipt.models.grid import bag_to_grid
+from hipt.models.scaler import FeatureScaler
 
 __all__ = ["ABMIL", "GatedAttention", "HiptLGP", "MeanPool", "SlideOutput"]
 
@@ -87,6 +88,9 @@ class HiptLGP(nn.Module):
         n_heads: heads of the global transformer (3).
         n_layers: layers of the global transformer (2).
         dropout: dropout of phi, transformer, attention gates and rho (0.25).
+        standardize: add a :class:`FeatureScaler` (``scaler``) on the region embeddings, between
+            the ViT-4K and ``global_phi``; fit it with :meth:`scaler_inputs` of training bags.
+            Off in the official model (its state dict then has the official keys only).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class HiptLGP(nn.Module):
         n_heads: int = 3,
         n_layers: int = 2,
         dropout: float = 0.25,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         if local_vit is not None and getattr(local_vit, "embed_dim", embed_dim) != embed_dim:
@@ -108,6 +113,7 @@ class HiptLGP(nn.Module):
         self.n_outputs = n_outputs if n_outputs is not None else n_classes
         self.freeze_4k = freeze_4k and local_vit is not None
         self.local_vit = local_vit
+        self.scaler = FeatureScaler(embed_dim) if standardize else None
         self.global_phi = nn.Sequential(
             nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Dropout(dropout)
         )
@@ -158,6 +164,10 @@ class HiptLGP(nn.Module):
         with grad:
             return self.local_vit(bag_to_grid(x))
 
+    def scaler_inputs(self, x: Tensor) -> Tensor:
+        """What ``scaler`` standardises for bag ``x``: its region embeddings ``[M, E]``."""
+        return self.region_features(x)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
         """Slide logits and region attention for one bag.
 
@@ -172,7 +182,10 @@ class HiptLGP(nn.Module):
         if valid is not None:
             # zero padded rows first, so even non-finite padding cannot reach the valid ones
             x = x.masked_fill(~valid.view(-1, *([1] * (x.ndim - 1))), 0.0)
-        h = self.global_phi(self.region_features(x))
+        regions = self.region_features(x)
+        if self.scaler is not None:
+            regions = self.scaler(regions)
+        h = self.global_phi(regions)
         padding = None if valid is None else ~valid[None, :]  # [batch=1, M], True = ignore
         h = self.global_transformer(h.unsqueeze(1), src_key_padding_mask=padding).squeeze(1)
         weights, pooled = _masked_attention_pool(self.global_attn_pool(h), h, valid)
@@ -190,6 +203,16 @@ def _instances(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, i
         mask = mask[:, None].expand(m, k)
     flat_mask = None if mask is None else mask.reshape(-1)
     return x.reshape(m * k, -1), _valid_mask(flat_mask, m * k, x.device), k
+
+
+def _scaled(scaler: FeatureScaler | None, inst: Tensor) -> Tensor:
+    """``inst`` through ``scaler`` when the model has one."""
+    return inst if scaler is None else scaler(inst)
+
+
+def _instance_scaler_inputs(x: Tensor) -> Tensor:
+    """What an instance model's ``scaler`` standardises: the ``[N, D]`` instances of bag ``x``."""
+    return _instances(x, None)[0]
 
 
 def _zero_padding(inst: Tensor, valid: Tensor | None) -> Tensor:
@@ -210,6 +233,7 @@ class ABMIL(nn.Module):
         n_classes: classifier width.
         n_outputs: alias that overrides ``n_classes``.
         dropout: dropout after the projection and the attention gates.
+        standardize: add a :class:`FeatureScaler` (``scaler``) on the instances.
     """
 
     def __init__(
@@ -221,18 +245,23 @@ class ABMIL(nn.Module):
         n_classes: int = 2,
         n_outputs: int | None = None,
         dropout: float = 0.25,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.n_outputs = n_outputs if n_outputs is not None else n_classes
+        self.scaler = FeatureScaler(input_dim) if standardize else None
         self.fc = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.attn_pool = GatedAttention(hidden_dim, attn_dim, dropout)
         self.classifier = nn.Linear(hidden_dim, self.n_outputs)
 
+    #: ``[N, D]`` instances of a bag, what ``scaler`` standardises.
+    scaler_inputs = staticmethod(_instance_scaler_inputs)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
         """Slide logits ``[1, C]`` and attention ``[M]`` for ``[N, D]`` or ``[M, K, D]``."""
         inst, valid, k = _instances(x, mask)
-        h = self.fc(_zero_padding(inst, valid))
+        h = self.fc(_zero_padding(_scaled(self.scaler, inst), valid))
         weights, pooled = _masked_attention_pool(self.attn_pool(h), h, valid)
         return SlideOutput(self.classifier(pooled), weights.reshape(-1, k).sum(-1))
 
@@ -246,6 +275,7 @@ class MeanPool(nn.Module):
         n_classes: classifier width.
         n_outputs: alias that overrides ``n_classes``.
         dropout: dropout after the projection.
+        standardize: add a :class:`FeatureScaler` (``scaler``) on the instances.
     """
 
     def __init__(
@@ -256,17 +286,22 @@ class MeanPool(nn.Module):
         n_classes: int = 2,
         n_outputs: int | None = None,
         dropout: float = 0.25,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.n_outputs = n_outputs if n_outputs is not None else n_classes
+        self.scaler = FeatureScaler(input_dim) if standardize else None
         self.fc = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
         self.classifier = nn.Linear(hidden_dim, self.n_outputs)
+
+    #: ``[N, D]`` instances of a bag, what ``scaler`` standardises.
+    scaler_inputs = staticmethod(_instance_scaler_inputs)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
         """Slide logits ``[1, C]`` and uniform attention ``[M]`` for ``[N, D]`` or ``[M, K, D]``."""
         inst, valid, k = _instances(x, mask)
-        h = self.fc(_zero_padding(inst, valid))
+        h = self.fc(_zero_padding(_scaled(self.scaler, inst), valid))
         scores = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
         weights, pooled = _masked_attention_pool(scores, h, valid)
         return SlideOutput(self.classifier(pooled), weights.reshape(-1, k).sum(-1))
