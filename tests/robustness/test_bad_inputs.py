@@ -76,9 +76,8 @@ def _backbone(tmp_path: Path, name: str, damage: str | None = None) -> Path:
 
 @pytest.mark.parametrize("damage", ["wrong_keys", "no_sidecar"])
 def test_bad_checkpoint_is_one_line(damage, sample_tiles, planted, tmp_path, capsys):
-    """A checkpoint that does not fit the model: extraction exits 1 and finetuning exits 2
-    (``model.checkpoint_4k`` is a config value), each with one line naming the file, and no
-    store or fold is written."""
+    """A checkpoint that does not fit the model: extraction and finetuning both exit 1 (bad
+    input), each with one line naming the file, and no store or fold is written."""
     wrong = _backbone(tmp_path, "vit256_tiny_test", damage)
     out = tmp_path / "features"
     code = stage(
@@ -104,7 +103,7 @@ def test_bad_checkpoint_is_one_line(damage, sample_tiles, planted, tmp_path, cap
         "model.name=hipt_lgp_tiny_test",
         f"model.checkpoint_4k={wrong4k}",
     )
-    assert code == 2
+    assert code == 1
     (error,) = error_lines(capsys.readouterr().err)
     assert wrong4k.name in error
     assert not any(ft.glob("fold_*/done.json"))

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hipt.errors import ConfigError
+from hipt.errors import ConfigError, HiptError
 from hipt.features import FeatureStoreMeta
 from hipt.finetune.config import INPUTS, ModelConfig
-from hipt.models import build, sha256_file
+from hipt.models import CheckpointError, build, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def build_model(plan: ModelPlan, meta: FeatureStoreMeta) -> nn.Module:
     """Build the model and check that the stores' feature width fits it."""
     try:
         model = build(plan.name, **plan.kwargs)
+    except CheckpointError as exc:  # a bad file is bad input (exit 1), like in extraction
+        raise HiptError(f"model.checkpoint_4k: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build model '{plan.name}' with {plan.kwargs}: {exc}") from None
     have = meta.feature_dim_256 if plan.kind == "feats256" else meta.feature_dim_4k

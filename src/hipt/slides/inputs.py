@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 
 from hipt.errors import ConfigError
+from hipt.slides.readers import SUFFIX_BACKENDS
 
-SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".bif")
+#: File suffixes taken as slides: exactly those some reader backend opens.
+SLIDE_EXTENSIONS = tuple(SUFFIX_BACKENDS)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
