@@ -205,22 +205,58 @@ def _instances(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, i
     return x.reshape(m * k, -1), _valid_mask(flat_mask, m * k, x.device), k
 
 
-def _scaled(scaler: FeatureScaler | None, inst: Tensor) -> Tensor:
-    """``inst`` through ``scaler`` when the model has one."""
-    return inst if scaler is None else scaler(inst)
-
-
-def _instance_scaler_inputs(x: Tensor) -> Tensor:
-    """What an instance model's ``scaler`` standardises: the ``[N, D]`` instances of bag ``x``."""
-    return _instances(x, None)[0]
-
-
 def _zero_padding(inst: Tensor, valid: Tensor | None) -> Tensor:
     """Zero padded instances so non-finite padding cannot leak through ``0 * x``."""
     return inst if valid is None else inst.masked_fill(~valid[:, None], 0.0)
 
 
-class ABMIL(nn.Module):
+class _InstancePool(nn.Module):
+    """Instance heads: (optional scaler) -> projection -> pooling -> classifier.
+
+    ``[M, K, D]`` region bags are flattened to ``M*K`` patch instances; the returned attention
+    is summed per region (``[M]``). Gated-attention pooling when ``attn_dim`` is set, else the
+    mean.
+    """
+
+    def __init__(
+        self,
+        *,
+        input_dim: int,
+        hidden_dim: int,
+        attn_dim: int | None,
+        n_classes: int,
+        n_outputs: int | None,
+        dropout: float,
+        standardize: bool,
+    ) -> None:
+        super().__init__()
+        self.input_dim = input_dim
+        self.n_outputs = n_outputs if n_outputs is not None else n_classes
+        self.scaler = FeatureScaler(input_dim) if standardize else None
+        self.fc = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
+        self.attn_pool = GatedAttention(hidden_dim, attn_dim, dropout) if attn_dim else None
+        self.classifier = nn.Linear(hidden_dim, self.n_outputs)
+
+    @staticmethod
+    def scaler_inputs(x: Tensor) -> Tensor:
+        """What ``scaler`` standardises: the ``[N, D]`` instances of bag ``x``."""
+        return _instances(x, None)[0]
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
+        """Slide logits ``[1, C]`` and attention ``[M]`` for ``[N, D]`` or ``[M, K, D]``."""
+        inst, valid, k = _instances(x, mask)
+        if self.scaler is not None:
+            inst = self.scaler(inst)
+        h = self.fc(_zero_padding(inst, valid))
+        if self.attn_pool is not None:
+            scores = self.attn_pool(h)
+        else:
+            scores = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
+        weights, pooled = _masked_attention_pool(scores, h, valid)
+        return SlideOutput(self.classifier(pooled), weights.reshape(-1, k).sum(-1))
+
+
+class ABMIL(_InstancePool):
     """Gated-attention MIL [0] (CLAM-SB without instance clustering) over instances.
 
     ``[M, K, D]`` region bags are flattened to ``M*K`` patch instances; the returned attention
@@ -247,26 +283,18 @@ class ABMIL(nn.Module):
         dropout: float = 0.25,
         standardize: bool = False,
     ) -> None:
-        super().__init__()
-        self.input_dim = input_dim
-        self.n_outputs = n_outputs if n_outputs is not None else n_classes
-        self.scaler = FeatureScaler(input_dim) if standardize else None
-        self.fc = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
-        self.attn_pool = GatedAttention(hidden_dim, attn_dim, dropout)
-        self.classifier = nn.Linear(hidden_dim, self.n_outputs)
-
-    #: ``[N, D]`` instances of a bag, what ``scaler`` standardises.
-    scaler_inputs = staticmethod(_instance_scaler_inputs)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
-        """Slide logits ``[1, C]`` and attention ``[M]`` for ``[N, D]`` or ``[M, K, D]``."""
-        inst, valid, k = _instances(x, mask)
-        h = self.fc(_zero_padding(_scaled(self.scaler, inst), valid))
-        weights, pooled = _masked_attention_pool(self.attn_pool(h), h, valid)
-        return SlideOutput(self.classifier(pooled), weights.reshape(-1, k).sum(-1))
+        super().__init__(
+            input_dim=input_dim,
+            hidden_dim=hidden_dim,
+            attn_dim=attn_dim,
+            n_classes=n_classes,
+            n_outputs=n_outputs,
+            dropout=dropout,
+            standardize=standardize,
+        )
 
 
-class MeanPool(nn.Module):
+class MeanPool(_InstancePool):
     """Mean of projected instances -> classifier (a permutation-invariant baseline).
 
     Args:
@@ -288,23 +316,15 @@ class MeanPool(nn.Module):
         dropout: float = 0.25,
         standardize: bool = False,
     ) -> None:
-        super().__init__()
-        self.input_dim = input_dim
-        self.n_outputs = n_outputs if n_outputs is not None else n_classes
-        self.scaler = FeatureScaler(input_dim) if standardize else None
-        self.fc = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
-        self.classifier = nn.Linear(hidden_dim, self.n_outputs)
-
-    #: ``[N, D]`` instances of a bag, what ``scaler`` standardises.
-    scaler_inputs = staticmethod(_instance_scaler_inputs)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
-        """Slide logits ``[1, C]`` and uniform attention ``[M]`` for ``[N, D]`` or ``[M, K, D]``."""
-        inst, valid, k = _instances(x, mask)
-        h = self.fc(_zero_padding(_scaled(self.scaler, inst), valid))
-        scores = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
-        weights, pooled = _masked_attention_pool(scores, h, valid)
-        return SlideOutput(self.classifier(pooled), weights.reshape(-1, k).sum(-1))
+        super().__init__(
+            input_dim=input_dim,
+            hidden_dim=hidden_dim,
+            attn_dim=None,
+            n_classes=n_classes,
+            n_outputs=n_outputs,
+            dropout=dropout,
+            standardize=standardize,
+        )
 
 
 @MODELS.register("hipt_lgp")
