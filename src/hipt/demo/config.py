@@ -76,10 +76,17 @@ class DemoConfig:
     seed: int = 0
     tasks: list[str] = dataclasses.field(default_factory=lambda: list(TASKS))
     models: dict[str, list[str]] = dataclasses.field(
-        default_factory=lambda: {"abmil": ["model.name=abmil_tiny_test", "model.input=feats256"]}
+        default_factory=lambda: {
+            "hipt_lgp": [
+                "model.name=hipt_lgp_tiny_test",
+                "model.checkpoint_4k={pretrain_4k}",
+                "model.standardize=true",
+            ],
+            "abmil": ["model.name=abmil_tiny_test", "model.input=feats256"],
+        }
     )
-    run_models: list[str] = dataclasses.field(default_factory=lambda: ["abmil"])
-    headline_model: str = "abmil"
+    run_models: list[str] = dataclasses.field(default_factory=lambda: ["hipt_lgp", "abmil"])
+    headline_model: str = "hipt_lgp"
     controls: bool = True
     control_repeats: int = 3
     heatmap_slides: int = 2
