@@ -11,7 +11,7 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu test test-all test-gpu lint format tile pretrain-256 pretrain-4k extract-features finetune heatmap demo \
+.PHONY: help setup setup-gpu test test-all test-gpu lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune heatmap demo \
 	bench bench-tile bench-models bench-extract
 
 help: ## list the targets
@@ -46,6 +46,9 @@ test-gpu: setup ## only the gpu-marked tests (run on a CUDA machine)
 lint: setup ## ruff lint + format check
 	$(VENV)/bin/ruff check src pipelines tests benchmarks
 	$(VENV)/bin/ruff format --check src pipelines tests benchmarks
+
+typecheck: setup ## mypy on src/ (every function typed)
+	$(VENV)/bin/mypy src
 
 format: setup ## ruff autoformat
 	$(VENV)/bin/ruff format src pipelines tests benchmarks

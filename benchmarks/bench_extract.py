@@ -53,7 +53,7 @@ from hipt.config import load_config  # noqa: E402
 from hipt.extract.config import ExtractConfig  # noqa: E402
 from hipt.extract.runner import run as run_stage  # noqa: E402
 from hipt.features import open_store  # noqa: E402
-from hipt.models import build, export_backbone  # noqa: E402
+from hipt.models import build, export_model  # noqa: E402
 from hipt.models.reference import ExplicitVit4K, ExplicitVit256  # noqa: E402
 
 _FLAGS = frozenset({"tiny", "rss", "compile"})
@@ -94,8 +94,8 @@ def _inputs(work: Path) -> Path:
 def _weights(work: Path, tiny: bool) -> tuple[str, str, Path, Path]:
     names = ("vit256_tiny_test", "vit4k_tiny_test") if tiny else ("vit256_small", "vit4k_xs")
     torch.manual_seed(0)
-    p256 = export_backbone(build(names[0]), names[0], work / "w256")
-    p4k = export_backbone(build(names[1]), names[1], work / "w4k")
+    p256 = export_model(build(names[0]), work / "w256")
+    p4k = export_model(build(names[1]), work / "w4k")
     return names[0], names[1], p256, p4k
 
 

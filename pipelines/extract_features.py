@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 from hipt.cli import main_guard, run_stage
 from hipt.extract.config import ExtractConfig
-from hipt.extract.runner import run
 
 SHORTCUTS = {
     "TILES": "tiles",
@@ -14,6 +13,13 @@ SHORTCUTS = {
     "CHECKPOINT256": "checkpoint256",
     "CHECKPOINT4K": "checkpoint4k",
 }
+
+
+def run(cfg: ExtractConfig) -> int:
+    """Run the stage; imported here so that config errors answer before torch is loaded."""
+    from hipt.extract.runner import run as run_extract
+
+    return run_extract(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,19 +6,27 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from hipt.cli import main_guard, run_stage, setup_logging
-from hipt.finetune import FinetuneConfig, run_finetune
+from hipt.cli import Deprecated, main_guard, run_stage, setup_logging
+from hipt.finetune.config import FinetuneConfig
 
 TASKS = ("subtype", "stage", "survival", "response")
 SHORTCUTS = {
     "COHORT": "cohort",
     "FEATURES": "features",
     "OUT": "out",
-    "MODEL": "model.name",
+    "ARCH": "model.name",
     "FOLDS": "split.n_folds",
     "EPOCHS": "train.max_epochs",
-    "CHECKPOINT_4K": "model.checkpoint_4k",
+    "CHECKPOINT4K": "model.checkpoint_4k",
     "SPLITS": "split.official_dir",
+}
+DEPRECATED = {
+    "CHECKPOINT_4K": Deprecated("model.checkpoint_4k", "use CHECKPOINT4K= as in every stage"),
+    "MODEL": Deprecated(
+        "model.name",
+        "in finetune it names an architecture: use ARCH= (MODEL= names a trained model in "
+        "heatmap and predict)",
+    ),
 }
 
 
@@ -33,7 +41,9 @@ def task_of(argv: Sequence[str]) -> str | None:
 
 
 def run(cfg: FinetuneConfig) -> int:
-    """Run the stage."""
+    """Run the stage; imported here so that config errors answer before torch is loaded."""
+    from hipt.finetune.runner import run_finetune
+
     run_finetune(cfg)
     return 0
 
@@ -49,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     args = [a for a in args if not a.startswith("TASK=")] + [f"task={task}"]
-    return run_stage(FinetuneConfig, f"finetune/{task}.yaml", run, args, shortcuts=SHORTCUTS)
+    return run_stage(FinetuneConfig, f"finetune/{task}.yaml", run, args, SHORTCUTS, DEPRECATED)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,16 @@ from collections.abc import Sequence
 
 from hipt.cli import main_guard, run_stage
 from hipt.pretrain.config import PretrainConfig
-from hipt.pretrain.runner import run
 
 SHORTCUTS = {"TILES": "data.tiles", "FEATURES": "data.features", "OUT": "out"}
 LEVEL_YAML = {"256": "pretrain_256.yaml", "4k": "pretrain_4k.yaml"}
+
+
+def run(cfg: PretrainConfig) -> int:
+    """Run the stage; imported here so that config errors answer before torch is loaded."""
+    from hipt.pretrain.runner import run as run_pretrain
+
+    return run_pretrain(cfg)
 
 
 def pick_yaml(argv: list[str]) -> tuple[str, list[str]]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from hipt.cli import main_guard, run_stage
-from hipt.slides.tile_config import TileConfig
+from hipt.tile.config import TileConfig
 
 SHORTCUTS = {"SLIDES": "slides", "OUT": "out"}
 
 
 def run(cfg: TileConfig) -> int:
     """Run the stage; imported here so that config errors answer before torch is loaded."""
-    from hipt.slides.tile_stage import run as run_tile
+    from hipt.tile.runner import run as run_tile
 
     return run_tile(cfg)
 

@@ -1,11 +1,20 @@
-"""Typed stage configs: dataclass schema <- conf/<stage>.yaml <- dotlist overrides."""
+"""Typed stage configs: dataclass schema <- conf/<stage>.yaml <- dotlist overrides.
+
+A stage's config is a dataclass. Fields that never change what a stage produces (output folder,
+logging, worker counts, progress bars) are declared with :func:`non_result`; fields that change
+the numbers but may differ when an interrupted run is resumed (device count, precision) with
+:func:`hardware`. :func:`config_hash` leaves the first out, so a rerun with other logging
+settings still recognises its earlier outputs; this is the one place that knowledge lives.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +27,24 @@ from hipt.errors import ConfigError
 T = TypeVar("T")
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: Field metadata key saying what a setting does to a stage's result.
+ROLE = "hipt_role"
+NON_RESULT = "non_result"
+HARDWARE = "hardware"
+
+
+def non_result(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A config field that never changes what the stage produces (paths, logging, workers)."""
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata={ROLE: NON_RESULT}
+    )
+
+
+def hardware(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A field that changes numerics (devices, precision) but may change when a run resumes."""
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata={ROLE: HARDWARE}
+    )
 
 
 @dataclasses.dataclass
@@ -40,6 +67,24 @@ class WandbConfig:
     group: str | None = None
     dir: str | None = None
     tags: list[str] = dataclasses.field(default_factory=list)
+
+
+@functools.cache
+def keys_with_role(schema: type, role: str) -> tuple[str, ...]:
+    """Dotted keys of ``schema`` (nested dataclasses walked) whose field declares ``role``.
+
+    A nested dataclass field that declares the role stands for its whole subtree.
+    """
+    hints = typing.get_type_hints(schema)
+    out: list[str] = []
+    for f in dataclasses.fields(schema):
+        if f.metadata.get(ROLE) == role:
+            out.append(f.name)
+            continue
+        sub = hints.get(f.name)
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub):
+            out.extend(f"{f.name}.{k}" for k in keys_with_role(sub, role))
+    return tuple(out)
 
 
 def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
@@ -84,6 +129,14 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides {overrides}: {exc}") from None
 
 
+def resolve_yaml(yaml_path: str | Path) -> Path:
+    """``yaml_path`` as given, or relative to the repository ``conf/`` folder."""
+    path = Path(yaml_path)
+    if not path.is_absolute() and not path.exists():
+        path = CONF_DIR / path
+    return path
+
+
 def load_config(
     schema: type[T], yaml_path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:
@@ -95,16 +148,14 @@ def load_config(
         overrides: dotlist strings such as ``["out=data/x", "trainer.max_steps=2"]``.
 
     Returns:
-        A structured ``DictConfig`` typed as ``schema`` (attribute access, validated types).
+        An instance of ``schema`` (nested dataclasses, real Python types).
 
     Raises:
         ConfigError: unknown key, wrong type, missing mandatory value (``???``), unreadable YAML.
     """
     cfg = OmegaConf.structured(schema)
     if yaml_path is not None:
-        path = Path(yaml_path)
-        if not path.is_absolute() and not path.exists():
-            path = CONF_DIR / path
+        path = resolve_yaml(yaml_path)
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
@@ -119,12 +170,14 @@ def load_config(
         raise ConfigError(
             f"missing required config value(s): {', '.join(missing)} (give them as key=value)"
         )
-    OmegaConf.set_readonly(cfg, True)
-    return cfg  # type: ignore[return-value]
+    try:
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:  # e.g. an interpolation that cannot resolve
+        raise ConfigError(f"bad config: {exc}") from None
 
 
 def to_container(cfg: Any) -> dict[str, Any]:
-    """Plain, resolved ``dict`` of a config (dataclass or DictConfig)."""
+    """Plain, resolved ``dict`` of a config (dataclass instance, DictConfig or mapping)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         cfg = OmegaConf.structured(cfg)
     elif not OmegaConf.is_config(cfg):
@@ -132,14 +185,30 @@ def to_container(cfg: Any) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
-    """Stable sha256 of a config's resolved values, ignoring top-level keys in ``exclude``.
+def _drop(data: dict[str, Any], dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        data.pop(head, None)
+    elif isinstance(data.get(head), dict):
+        _drop(data[head], rest)
 
-    Stages exclude keys that do not change results (output folder, logging, worker counts), so
-    a rerun with other logging settings still recognises its earlier outputs.
+
+def result_view(cfg: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config as a dict without its :func:`non_result` keys (and the dotted ``exclude``)."""
+    data = to_container(cfg)
+    declared = keys_with_role(type(cfg), NON_RESULT) if dataclasses.is_dataclass(cfg) else ()
+    for key in (*declared, *exclude):
+        _drop(data, key)
+    return data
+
+
+def config_hash(cfg: Any, exclude: tuple[str, ...] = ()) -> str:
+    """Stable sha256 of the settings that change a stage's result.
+
+    Leaves out the fields the schema declares with :func:`non_result`, and the dotted keys in
+    ``exclude``.
     """
-    data = {k: v for k, v in to_container(cfg).items() if k not in exclude}
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(result_view(cfg, exclude), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from hipt.errors import UnknownNameError
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A mapping from snake_case keys to factories; registering a key twice is an error.
+    """A mapping from snake_case keys to entries; registering a key twice is an error.
 
     Args:
         kind: what the registry holds, used in error messages (e.g. ``"model"``).
@@ -23,20 +26,30 @@ class Registry(Generic[T]):
         """Decorator that stores ``obj`` under ``key``."""
 
         def deco(obj: T) -> T:
-            if key in self._items:
-                raise KeyError(f"{self.kind} '{key}' is already registered")
-            self._items[key] = obj
+            self.add(key, obj)
             return obj
 
         return deco
 
+    def add(self, key: str, obj: T) -> None:
+        """Store ``obj`` under ``key``; a key registered twice is a programming error."""
+        if key in self._items:
+            raise ValueError(f"{self.kind} '{key}' is already registered")
+        self._items[key] = obj
+
     def get(self, key: str) -> T:
-        """Return the entry for ``key`` or raise a ``KeyError`` listing the valid keys."""
+        """The entry for ``key``.
+
+        Raises:
+            UnknownNameError: a configuration error (exit 2) naming the close and valid keys.
+        """
         try:
             return self._items[key]
         except KeyError:
-            raise KeyError(
-                f"unknown {self.kind} '{key}'; available: {', '.join(sorted(self._items))}"
+            close = difflib.get_close_matches(str(key), list(self._items), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} '{key}'{hint} (available: {', '.join(sorted(self._items))})"
             ) from None
 
     def keys(self) -> list[str]:

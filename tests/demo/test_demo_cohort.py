@@ -18,7 +18,7 @@ from hipt.demo.phenotype import (
     slide_layout,
 )
 from hipt.slides import open_slide
-from hipt.slides.synthetic import saturation, tissue_tiles_from_sample
+from hipt.slides.synthetic import saturation_unit, tissue_tiles_from_sample
 
 
 def test_banks_split_by_colour_and_are_large_enough():
@@ -76,7 +76,7 @@ def _cell_measures(path, cell_level_px: int, level: int):
     cells = img[: rows * cell_level_px, : cols * cell_level_px]
     cells = cells.reshape(rows, cell_level_px, cols, cell_level_px, 3).swapaxes(1, 2)
     cells = cells.reshape(rows * cols, cell_level_px, cell_level_px, 3)
-    tissue = (saturation(cells) > 0.08).mean(axis=(1, 2)) > 0.2
+    tissue = (saturation_unit(cells) > 0.08).mean(axis=(1, 2)) > 0.2
     return tissue.reshape(rows, cols), dense_score(cells).reshape(rows, cols)
 
 

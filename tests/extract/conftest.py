@@ -77,12 +77,12 @@ def synth_reference(synth_tiles: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two exported tiny weight sets (seeds 1 and 2): keys ``256``, ``4k``, ``256b``."""
-    from hipt.models import build, export_backbone
+    from hipt.models import build, export_model
 
     folder = tmp_path_factory.mktemp("ckpt")
     out = {}
     for key, name, seed in (("256", "vit256_tiny_test", 1), ("4k", "vit4k_tiny_test", 1),
                             ("256b", "vit256_tiny_test", 2)):  # fmt: skip
         torch.manual_seed(seed)
-        out[key] = export_backbone(build(name), name, folder / f"{name}_{seed}")
+        out[key] = export_model(build(name), folder / f"{name}_{seed}")
     return out

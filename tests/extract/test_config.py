@@ -7,7 +7,7 @@ import pytest
 from hipt.config import load_config
 from hipt.errors import ConfigError
 from hipt.extract.config import ExtractConfig, validate
-from hipt.extract.runner import resolve_precision
+from hipt.models.runtime import resolve_precision
 
 
 def test_yaml_defaults_load_and_validate():
@@ -16,9 +16,9 @@ def test_yaml_defaults_load_and_validate():
     validate(cfg)
     assert (cfg.dtype, cfg.skip_background, cfg.on_stale) == ("float16", False, "recompute")
     assert cfg.checkpoint256 is None and cfg.model_256 == "vit256_small"
-    assert resolve_precision(cfg) in ("32-true", "bf16-mixed")
+    assert resolve_precision(cfg.precision, cfg.accelerator) in ("32-true", "bf16-mixed")
     cpu = load_config(ExtractConfig, "extract.yaml", ["tiles=t", "accelerator=cpu"])
-    assert resolve_precision(cpu) == "32-true"
+    assert resolve_precision(cpu.precision, cpu.accelerator) == "32-true"
 
 
 @pytest.mark.parametrize(

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+from stores import geometry
 from torch.utils.data import DataLoader
 
-from hipt.extract.dataset import PatchBatch, RegionStream, resize_region, unfold_patches
-from hipt.extract.plan import SlideJob
+from hipt.extract.dataset import PatchBatch, RegionStream
 from hipt.slides.readers import open_slide
+from hipt.slides.tiles import SlideTiles
 
 P = 32  # patch side of these tests: 512-px regions of a 16x16 grid
 
@@ -28,55 +29,31 @@ def small_slide(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> 
 
 
 def _job(path: Path, coords: list[tuple[int, int]], mask: np.ndarray | None = None,
-         read_size: int = 512, level: int = 0) -> SlideJob:  # fmt: skip
+         read_size: int = 512, level: int = 0) -> SlideTiles:  # fmt: skip
     m = len(coords)
-    return SlideJob(
-        slide_id=path.stem, path=str(path), coords=np.asarray(coords, np.int64).reshape(m, 2),
-        patch_mask=np.ones((m, 256), bool) if mask is None else mask, read_level=level,
-        read_size=read_size, region_px=16 * P, patch_px=P, target_mpp=0.5, slide_mpp=0.5,
+    geom = geometry(path.stem, path=str(path), read_level=level, read_size=read_size,
+                    region_px=16 * P, patch_px=P)  # fmt: skip
+    if path.exists():  # the slide's own size and MPP (open_slide_at checks them)
+        with open_slide(path) as reader:
+            (w, h), ds = reader.level_dimensions[0], reader.level_downsamples[level]
+            geom = dataclasses.replace(geom, width=w, height=h, mpp=reader.mpp,
+                                       mpp_source=reader.mpp_source, read_downsample=ds)  # fmt: skip
+    return SlideTiles(
+        geom, np.asarray(coords, np.int64).reshape(m, 2),
+        np.ones((m, 256), bool) if mask is None else mask,
     )  # fmt: skip
 
 
-def _reference_patches(job: SlideJob, region: int) -> np.ndarray:
+def _reference_patches(job: SlideTiles, region: int) -> np.ndarray:
     """Independent unfold: numpy slicing of the region read, patch n = (row n // 16, col n % 16)."""
     x, y = job.coords[region]
+    g = job.geometry
     with open_slide(job.path, backend="openslide") as reader:
-        img = reader.read_region(int(x), int(y), job.read_level, job.read_size, job.read_size)
-    if job.read_size != job.region_px:
-        img = np.asarray(Image.fromarray(img).resize((job.region_px,) * 2, Image.BILINEAR))
+        img = reader.read_region(int(x), int(y), g.read_level, g.read_size, g.read_size)
+    if g.read_size != g.region_px:
+        img = np.asarray(Image.fromarray(img).resize((g.region_px,) * 2, Image.BILINEAR))
     tiles = [img[r * P : (r + 1) * P, c * P : (c + 1) * P] for r in range(16) for c in range(16)]
     return np.stack(tiles).transpose(0, 3, 1, 2)
-
-
-def test_resize_matches_pil_bilinear_and_closed_form():
-    """Antialiased bilinear equals PIL's BILINEAR (within one grey level) and, for a 2x
-    reduction, the [1, 3, 3, 1] / 8 triangle filter computed by hand."""
-    rng = np.random.default_rng(0)
-    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    got = resize_region(torch.from_numpy(img).permute(2, 0, 1), 32).permute(1, 2, 0).numpy()
-    pil = np.asarray(Image.fromarray(img).resize((32, 32), Image.BILINEAR))
-    assert np.abs(got.astype(int) - pil).max() <= 1
-    k = np.array([1, 3, 3, 1], float) / 8
-    pad = np.pad(img.astype(float), ((1, 1), (1, 1), (0, 0)), mode="constant")
-    wts = np.pad(np.ones((64, 64)), 1)
-    num = sum(k[a] * k[b] * pad[a : a + 64 : 2, b : b + 64 : 2][:32, :32] for a in range(4)
-              for b in range(4))  # fmt: skip
-    den = sum(k[a] * k[b] * wts[a : a + 64 : 2, b : b + 64 : 2][:32, :32] for a in range(4)
-              for b in range(4))  # fmt: skip
-    ref = num / den[..., None]
-    assert np.abs(got - ref).max() <= 0.5 + 1e-6
-    same = torch.from_numpy(img).permute(2, 0, 1)
-    assert resize_region(same, 64) is same
-
-
-def test_unfold_is_row_major():
-    """Patch n of the unfold is the pixel block at row n // g, column n % g."""
-    region = torch.arange(3 * 64 * 64, dtype=torch.int32).reshape(3, 64, 64)
-    patches = unfold_patches(region, 16)
-    assert patches.shape == (16, 3, 16, 16)
-    for n in range(16):
-        r, c = divmod(n, 4)
-        assert torch.equal(patches[n], region[:, r * 16 : (r + 1) * 16, c * 16 : (c + 1) * 16])
 
 
 def _collect(batches: list[PatchBatch]) -> tuple[np.ndarray, list[tuple[int, int, int]]]:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from extract_utils import extract
 
-from hipt.extract.dataset import resize_region
 from hipt.features import open_store
 from hipt.models import bag_to_grid, build, normalize_patches
+from hipt.slides.pixels import resize_region
 from hipt.slides.regions import patch_masks, read_regions
 
 

@@ -7,14 +7,16 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from stores import geometry, store_meta
 
 from hipt.extract.dataset import PatchBatch
 from hipt.extract.encoder import RegionAssembler, RegionEncoder
 from hipt.extract.module import ExtractModule
-from hipt.extract.plan import SlideJob, shard
+from hipt.extract.plan import shard
 from hipt.features import FeatureStoreMeta, write_store
 from hipt.features.store import needs_recompute
 from hipt.models import bag_to_grid, build, normalize_patches
+from hipt.slides.tiles import SlideTiles
 
 
 def test_assembler_completes_interleaved_regions_in_any_order():
@@ -87,9 +89,9 @@ def test_blank_feature_is_white_patch_encoding(tiny_encoder: RegionEncoder):
     torch.testing.assert_close(got, ref)
 
 
-def _jobs(sizes: list[int]) -> list[SlideJob]:
-    return [SlideJob(f"s{i}", f"s{i}.svs", np.zeros((n, 2), np.int64), np.ones((n, 256), bool),
-                     0, 4096, 4096, 256, 0.5, 0.5) for i, n in enumerate(sizes)]  # fmt: skip
+def _jobs(sizes: list[int], folder: str = "") -> list[SlideTiles]:
+    return [SlideTiles(geometry(f"s{i}", path=f"{folder}s{i}.svs"), np.zeros((n, 2), np.int64),
+                       np.ones((n, 256), bool)) for i, n in enumerate(sizes)]  # fmt: skip
 
 
 @given(st.lists(st.integers(1, 50), min_size=0, max_size=20), st.integers(1, 5))
@@ -110,7 +112,7 @@ def _meta(**kw: object) -> FeatureStoreMeta:
                 random_weights=False, feature_dim_256=4, feature_dim_4k=2, target_mpp=0.5,
                 region_px=4096, patch_px=256, tiling_config_hash="t", dtype="float32")  # fmt: skip
     base.update(kw)
-    return FeatureStoreMeta(**base)  # type: ignore[arg-type]
+    return store_meta(**base)  # type: ignore[arg-type]
 
 
 def test_needs_recompute_names_the_changed_key(tmp_path):
@@ -129,9 +131,7 @@ def test_plan_flags_changed_tiling_and_skips_matching(tmp_path):
     names the tiling hash), a missing one is todo without a stale note."""
     from hipt.extract.plan import EncoderInfo, expected_meta, make_plan
 
-    jobs = _jobs([2, 1, 1])
-    for job in jobs:
-        job.path = str(tmp_path / job.path)
+    jobs = _jobs([2, 1, 1], f"{tmp_path}/")
     enc = EncoderInfo("a", "b", "x", "y", 4, 2, "float32", False, 0)
     old = [expected_meta(j, enc, "tiling-1", None) for j in jobs]
     for job, meta in zip(jobs[:2], old[:2], strict=True):

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from stores import store_meta
 
 from hipt.errors import HiptError, StaleOutputError
-from hipt.features import FeatureStoreMeta, StoreWriter, open_store, write_store
+from hipt.features import StoreWriter, open_store, write_store
 from hipt.features.store import read_meta
 
 
@@ -14,7 +15,7 @@ def _meta(**kw):
         patch_px=256, tiling_config_hash="t", dtype="float32",
     )  # fmt: skip
     base.update(kw)
-    return FeatureStoreMeta(**base)
+    return store_meta(**base)  # type: ignore[arg-type]
 
 
 def _arrays(m, rng):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from hipt.finetune.synthetic import SyntheticCohort, make_planted_cohort
+from planted import SyntheticCohort, make_planted_cohort
 
 
 @pytest.fixture(scope="session")

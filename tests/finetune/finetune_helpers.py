@@ -5,11 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import stores
+import torch
 import zarr
 
 from hipt.config import load_config
-from hipt.features import FeatureStoreMeta, write_store
+from hipt.features import FeatureStoreMeta, find_store, open_store, write_store
 from hipt.finetune import FinetuneConfig
+from hipt.finetune.tasks import task_from_state
+from hipt.models import load
 
 #: Settings every CPU test run shares: no validation part, 3 folds, one torch thread (tiny
 #: models are fastest that way and the CI machine is shared), no W&B unless a test asks.
@@ -45,7 +50,7 @@ def store_meta(slide_id: str, **kw: object) -> FeatureStoreMeta:
         dtype="float32",
     )
     base.update(kw)
-    return FeatureStoreMeta(**base)  # type: ignore[arg-type]
+    return stores.store_meta(**base)  # type: ignore[arg-type]
 
 
 def make_store(folder: Path, slide_id: str, m: int = 2, seed: int = 0, **kw: object) -> Path:
@@ -70,3 +75,21 @@ def ft_config(task: str, cohort: Path, features: Path, out: Path, *extra: str) -
     """A finetune config from ``conf/finetune/<task>.yaml`` + the fast CPU settings + extras."""
     args = [f"task={task}", f"cohort={cohort}", f"features={features}", f"out={out}", *FAST, *extra]
     return load_config(FinetuneConfig, f"finetune/{task}.yaml", args)
+
+
+def reload_predictions(fold: Path, features: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """A fold's ``predictions.csv`` and the same columns recomputed from its exported model.
+
+    Only ``fold/model.safetensors`` and the stores are used: ``hipt.models.load`` rebuilds the
+    model from its card, whose ``output`` restores the fitted task (classes, survival bins).
+    """
+    model, card = load(fold / "model.safetensors")
+    task = task_from_state(card.output)
+    written = pd.read_csv(fold / "predictions.csv", dtype={"patient_id": str})
+    logits = []
+    for ids in written["slide_ids"]:
+        stores = [open_store(find_store(features, s)) for s in ids.split(";")]
+        parts = [s.feats256() if card.consumes == "feats256" else s.feats4k() for s in stores]
+        with torch.no_grad():
+            logits.append(model(torch.from_numpy(np.concatenate(parts))).logits)
+    return written, task.outputs(torch.cat(logits))

@@ -82,7 +82,7 @@ def test_classification_metrics_equal_sklearn():
             else (roc_auc_score(y, probs[:, 1]))
         )
         assert M.auroc_macro_ovr(probs, y) == pytest.approx(want_auc, rel=1e-6)
-        assert M.balanced_accuracy(pred, y, c) == pytest.approx(balanced_accuracy_score(y, pred))
+        assert M.balanced_accuracy(pred, y) == pytest.approx(balanced_accuracy_score(y, pred))
         assert M.f1_macro(pred, y, c) == pytest.approx(f1_score(y, pred, average="macro"))
         assert M.quadratic_kappa(pred, y, c) == pytest.approx(
             cohen_kappa_score(y, pred, weights="quadratic", labels=list(range(c))), abs=1e-6

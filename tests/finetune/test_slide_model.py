@@ -9,14 +9,15 @@ from finetune_helpers import store_meta
 from hipt.errors import ConfigError
 from hipt.finetune.config import ModelConfig
 from hipt.finetune.slide_model import build_model, plan_model
-from hipt.models import bag_to_grid, build, export_backbone, sha256_file
+from hipt.models import bag_to_grid, build, export_model
+from hipt.provenance import sha256_file
 
 
 @pytest.fixture(scope="module")
 def vit4k_export(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "vit4k_tiny.safetensors"
-    return export_backbone(build("vit4k_tiny_test"), "vit4k_tiny_test", path)
+    return export_model(build("vit4k_tiny_test"), path)
 
 
 def test_fast_path_is_taken_only_when_exact(vit4k_export):
@@ -78,7 +79,7 @@ def test_standardize_fits_on_the_training_patients_only(planted, tmp_path, monke
     from finetune_helpers import ft_config
 
     from hipt.features import open_store
-    from hipt.finetune import run_finetune
+    from hipt.finetune.runner import run_finetune
     from hipt.heatmap.models import load_slide_model
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -115,7 +116,7 @@ def test_encode_once_gives_the_same_model_as_running_the_vit4k_every_step(
     from finetune_helpers import ft_config
 
     from hipt.features import open_store
-    from hipt.finetune import run_finetune
+    from hipt.finetune.runner import run_finetune
     from hipt.heatmap.models import load_slide_model
 
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -133,7 +134,7 @@ def test_encode_once_gives_the_same_model_as_running_the_vit4k_every_step(
         a, b = (pd.read_csv(outs[o] / f"fold_{k}" / "predictions.csv") for o in (True, False))
         pd.testing.assert_frame_equal(a, b, check_exact=False, atol=1e-5, rtol=1e-4)
     models = [load_slide_model(outs[o] / "fold_0", torch.device("cpu")) for o in (True, False)]
-    assert models[0].input == models[1].input == "feats256"
+    assert models[0].card.consumes == models[1].card.consumes == "feats256"
     for (name, x), (_, y) in zip(
         models[0].model.state_dict().items(), models[1].model.state_dict().items(), strict=True
     ):

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stores import store_meta
 
-from hipt.features import FeatureStoreMeta, write_store
-from hipt.models import bag_to_grid, build, export_backbone, normalize_patches
-from hipt.models.checkpoints import sha256_file
+from hipt.features import write_store
+from hipt.models import bag_to_grid, build, export_model, normalize_patches
+from hipt.provenance import sha256_file
 from hipt.slides import open_slide
+from hipt.slides.geometry import SlideGeometry
 from hipt.slides.synthetic import SyntheticSlide
 from hipt.slides.tiling import region_grid
 
@@ -79,11 +81,18 @@ def build_store(
 ) -> tuple[Path, Path, Path]:
     """Encode the regions with saved tiny encoders and write ``<folder>/<stem>.zarr``."""
     vit256, vit4k = tiny_encoders()
-    ck256 = export_backbone(vit256, "vit256_tiny_test", folder / "vit256_tiny")
-    ck4k = export_backbone(vit4k, "vit4k_tiny_test", folder / "vit4k_tiny")
+    ck256 = export_model(vit256, folder / "vit256_tiny")
+    ck4k = export_model(vit4k, folder / "vit4k_tiny")
     f256, f4k = [], []
     with open_slide(slide_path) as reader:
         size = read_size or region_px
+        geom = SlideGeometry(
+            slide_id=slide_path.stem, path=str(slide_path), backend=reader.backend,
+            width=reader.level_dimensions[0][0], height=reader.level_dimensions[0][1],
+            mpp=reader.mpp, mpp_source=reader.mpp_source, read_level=read_level, read_size=size,
+            read_downsample=float(reader.level_downsamples[read_level]), target_mpp=target_mpp,
+            region_px=region_px, patch_px=region_px // 16,
+        )  # fmt: skip
         for x, y in coords:
             lw, lh = reader.level_dimensions[read_level]  # read what is on the slide, pad white
             ds = reader.level_downsamples[read_level]
@@ -91,20 +100,17 @@ def build_store(
             w, h = min(size, lw - int(x // ds)), min(size, lh - int(y // ds))
             region[:h, :w] = reader.read_region(int(x), int(y), read_level, w, h)
             if size != region_px:
-                from hipt.extract.dataset import resize_region
+                from hipt.slides.pixels import resize_region
 
                 t = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)
                 region = resize_region(t, region_px).permute(1, 2, 0).numpy()
             a, b = encode_region(vit256, vit4k, region)
             f256.append(a)
             f4k.append(b)
-    meta = FeatureStoreMeta(
-        slide_id=slide_path.stem, source_path=str(slide_path),
-        source_size_bytes=slide_path.stat().st_size, model_256="vit256_tiny_test",
-        model_4k="vit4k_tiny_test", checkpoint_256_sha256=sha256_file(ck256),
-        checkpoint_4k_sha256=sha256_file(ck4k), random_weights=False, feature_dim_256=32,
-        feature_dim_4k=16, target_mpp=target_mpp, region_px=region_px,
-        patch_px=region_px // 16, tiling_config_hash="test", dtype="float32",
+    meta = store_meta(
+        slide_path.stem, geom, source_size_bytes=slide_path.stat().st_size,
+        checkpoint_256_sha256=sha256_file(ck256), checkpoint_4k_sha256=sha256_file(ck4k),
+        random_weights=False,
     )  # fmt: skip
     store = folder / f"{slide_path.stem}.zarr"
     write_store(store, meta, np.stack(f256), np.stack(f4k), coords, patch_mask)

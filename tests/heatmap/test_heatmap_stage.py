@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines.heatmap import main
 
 from hipt.features import open_store, write_store
-from hipt.models import build
+from hipt.models import build, export_model
 
 CANVAS_MPP = 3.0  # 6 level-0 px per canvas px: patch borders fall inside canvas pixels
 QUIET = ["wandb.mode=disabled", "progress=false"]
@@ -166,13 +166,8 @@ def test_planted_signal_model_puts_its_top_region_on_the_planted_region(
     shutil.copytree(square_setup.store, tmp_path / "squares.zarr")
     write_store(tmp_path / "squares.zarr", store.meta, store.feats256(), f4k,
                 store.coords(), store.patch_mask())  # fmt: skip
-    (tmp_path / "fold_0").mkdir()
-    torch.save(  # the finetune stage's fold_<k>/model.ckpt layout (Lightning + "hipt" block)
-        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-         "hipt": {"model_name": "abmil_tiny_test", "input": "feats4k",
-                  "model_kwargs": {"input_dim": f4k.shape[1], "dropout": 0.0}}},
-        tmp_path / "fold_0" / "model.ckpt",
-    )  # fmt: skip
+    export_model(model, tmp_path / "fold_0" / "model", consumes="feats4k",
+                 trained_on=store.meta.provenance())  # the finetune stage's fold layout; fmt: skip
     out = tmp_path / "out"
     run = args(square_setup, out, f"MODEL={tmp_path / 'fold_0'}", "topk.regions=2")
     run[1] = f"FEATURES={tmp_path / 'squares.zarr'}"
@@ -190,10 +185,10 @@ def test_planted_signal_model_puts_its_top_region_on_the_planted_region(
 def test_sample_slide_from_tiles_with_wandb_images(tmp_path: Path, monkeypatch):
     """The real sample: tile stage -> tiny-encoder store -> heatmap; W&B offline gets images."""
     from pipelines.tile import main as tile
+    from wandb_runs import find_offline_runs
 
     from hipt.samples import sample_slide_path
     from hipt.slides.regions import patch_masks, read_regions
-    from hipt.wandb_offline import find_offline_runs
 
     slide = sample_slide_path()
     tiled = [f"SLIDES={slide}", f"OUT={tmp_path / 'tiles'}", "verify_read=false"]

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from stores import store_meta
 
 from hipt.errors import HiptError
 from hipt.features import FeatureStoreMeta
-from hipt.heatmap.models import check_weights, load_slide_model, resolve_input
-from hipt.models import build, export_backbone
-from hipt.models.checkpoints import sha256_file
+from hipt.heatmap.models import check_provenance, check_weights, load_slide_model, resolve_input
+from hipt.models import build, export_model
+from hipt.provenance import sha256_file
 
 CPU = torch.device("cpu")
 
@@ -43,17 +42,18 @@ def _meta(**kw) -> FeatureStoreMeta:
         random_weights=True, feature_dim_256=32, feature_dim_4k=16, target_mpp=0.5,
         region_px=512, patch_px=32, tiling_config_hash="t",
     )  # fmt: skip
-    return FeatureStoreMeta(**{**base, **kw})
+    return store_meta(**{**base, **kw})
 
 
-def test_load_slide_model_from_safetensors_export_and_fold_folder(tmp_path):
-    """export_backbone + sidecar rebuilds the same weights; a fold folder finds model.*."""
+def test_load_slide_model_from_an_export_and_a_fold_folder(tmp_path):
+    """export_model + card rebuilds the same weights and input kind; a fold folder finds
+    model.safetensors; a folder of folds asks to pick one."""
     torch.manual_seed(0)
     model = build("abmil_tiny_test", input_dim=16)
     fold = tmp_path / "fold_0"
-    export_backbone(model, "abmil_tiny_test", fold / "model", extra_meta={"input": "feats4k"})
+    export_model(model, fold / "model", consumes="feats4k", output={"task": "subtype"})
     loaded = load_slide_model(fold, CPU)
-    assert loaded.name == "abmil_tiny_test" and loaded.input == "feats4k"
+    assert loaded.name == "abmil_tiny_test" and loaded.card.consumes == "feats4k"
     x = torch.randn(5, 16)
     model.eval()
     torch.testing.assert_close(loaded.model(x).attention, model(x).attention)
@@ -61,51 +61,52 @@ def test_load_slide_model_from_safetensors_export_and_fold_folder(tmp_path):
         load_slide_model(tmp_path, CPU)
 
 
-def test_load_slide_model_from_lightning_style_checkpoint(tmp_path):
-    """{state_dict: model.*, hipt: {model_name, overrides, input}} loads strictly, weights only."""
-    torch.manual_seed(1)
+def test_other_files_are_refused_in_one_line(tmp_path):
+    """A Lightning .ckpt, an export without its card, or an encoder instead of a slide head:
+    one line each, nothing guessed from keys or prefixes."""
     model = build("hipt_lgp_tiny_test", n_classes=3)
-    ckpt = {
-        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-        "hipt": {"model_name": "hipt_lgp_tiny_test", "overrides": {"n_classes": 3}},
-        "epoch": 3,
-    }
-    torch.save(ckpt, tmp_path / "model.ckpt")
-    loaded = load_slide_model(tmp_path / "model.ckpt", CPU)
-    bag = torch.randn(4, 256, 32)
-    model.eval()
-    torch.testing.assert_close(loaded.model(bag).attention, model(bag).attention)
-    assert resolve_input(loaded, "auto", _meta()) == "feats256"
-    bad = dict(ckpt, hipt={})
-    torch.save(bad, tmp_path / "bad.ckpt")
-    with pytest.raises(HiptError, match="cannot tell the architecture"):
-        load_slide_model(tmp_path / "bad.ckpt", CPU)
-    (tmp_path / "bad.json").write_text(json.dumps({"model_name": "hipt_lgp_tiny_test"}))
-    with pytest.raises(HiptError, match="strict load"):
-        load_slide_model(tmp_path / "bad.ckpt", CPU)  # n_classes 2 vs 3 stored
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               tmp_path / "model.ckpt")  # fmt: skip
+    with pytest.raises(HiptError, match="expected an exported model") as err:
+        load_slide_model(tmp_path / "model.ckpt", CPU)
+    assert "\n" not in str(err.value)
+    path = export_model(model, tmp_path / "lgp")
+    path.with_suffix(".json").unlink()
+    with pytest.raises(HiptError, match="missing card"):
+        load_slide_model(path, CPU)
+    encoder = export_model(build("vit4k_tiny_test"), tmp_path / "v4k")
+    with pytest.raises(HiptError, match="region encoder .*not a finetuned slide model"):
+        load_slide_model(encoder, CPU)
 
 
-def test_resolve_input_by_width():
-    """abmil on 16-d regions reads feats4k, on 32-d patches feats256; config wins."""
-    from hipt.heatmap.models import SlideModel
+def test_input_comes_from_the_card_and_the_registry_bounds_it(tmp_path):
+    """auto reads the card's input kind; a kind the architecture cannot read is refused."""
+    export_model(build("abmil_tiny_test", input_dim=16), tmp_path / "m", consumes="feats4k")
+    loaded = load_slide_model(tmp_path / "m.safetensors", CPU)
+    assert resolve_input(loaded, "auto") == "feats4k"
+    assert resolve_input(loaded, "feats256") == "feats256"
+    with pytest.raises(HiptError, match="cannot read pixels"):
+        resolve_input(loaded, "pixels")
 
-    meta = _meta()
-    m4k = SlideModel(build("abmil_tiny_test", input_dim=16), "abmil", None, None, "")
-    m256 = SlideModel(build("abmil_tiny_test"), "abmil", None, None, "")
-    assert resolve_input(m4k, "auto", meta) == "feats4k"
-    assert resolve_input(m256, "auto", meta) == "feats256"
-    assert resolve_input(m256, "feats4k", meta) == "feats4k"
-    with pytest.raises(HiptError, match="takes 8-d"):
-        resolve_input(SlideModel(build("abmil_tiny_test", input_dim=8), "a", None, None, ""),
-                      "auto", meta)  # fmt: skip
+
+def test_a_store_unlike_the_training_stores_is_refused(tmp_path):
+    """A model whose card says it was trained on other encoders refuses the store in one line,
+    naming the field and both values."""
+    export_model(build("abmil_tiny_test"), tmp_path / "m", consumes="feats256",
+                 trained_on=_meta(checkpoint_256_sha256="a" * 64).provenance())  # fmt: skip
+    loaded = load_slide_model(tmp_path / "m.safetensors", CPU)
+    check_provenance(loaded, _meta(checkpoint_256_sha256="a" * 64), tmp_path / "s.zarr")
+    with pytest.raises(HiptError, match="checkpoint_256_sha256: store has None, expected 'aaa"):
+        check_provenance(loaded, _meta(), tmp_path / "s.zarr")
 
 
 def test_loads_what_the_finetune_stage_writes(tmp_path):
-    """A real `make finetune` fold (model.ckpt) rebuilds with its input kind and gives attention."""
+    """A real `make finetune` fold (model.safetensors + card) loads with its input kind, accepts
+    the stores it was trained on and gives attention."""
     from pipelines.finetune import main as finetune
+    from planted import make_planted_cohort
 
     from hipt.features import open_store
-    from hipt.finetune.synthetic import make_planted_cohort
     from hipt.heatmap.inference import slide_attention
 
     cohort = make_planted_cohort(tmp_path / "cohort", n_patients=8)
@@ -115,10 +116,12 @@ def test_loads_what_the_finetune_stage_writes(tmp_path):
                    "split.n_folds=2", "wandb.mode=disabled"])  # fmt: skip
     assert rc == 0
     loaded = load_slide_model(out / "fold_0", CPU)
-    assert loaded.name == "hipt_lgp_tiny_test" and loaded.path.name == "model.ckpt"
-    store = open_store(next(cohort.features.glob("*.zarr")))
-    kind = resolve_input(loaded, "auto", store.meta)
-    assert kind == loaded.input
+    assert loaded.name == "hipt_lgp_tiny_test" and loaded.path.name == "model.safetensors"
+    path = next(cohort.features.glob("*.zarr"))
+    store = open_store(path)
+    check_provenance(loaded, store.meta, path)
+    kind = resolve_input(loaded, "auto")
+    assert kind == loaded.card.consumes
     bag = store.feats256() if kind == "feats256" else store.feats4k()
     att = slide_attention(loaded.model, bag, CPU)
     assert att.shape == (store.n_regions,) and abs(att.sum() - 1) < 1e-5

@@ -13,12 +13,13 @@ from torch import Tensor
 from hipt.models import (
     CheckpointError,
     build,
-    build_from_export,
-    export_backbone,
+    export_model,
     filter_hipt_checkpoint,
+    load,
     load_checkpoint,
-    sha256_file,
+    read_card,
 )
+from hipt.provenance import sha256_file
 
 
 def _random_state(name: str) -> dict[str, Tensor]:
@@ -171,38 +172,61 @@ def test_arbitrary_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 
 def test_export_round_trip(tmp_path: Path) -> None:
+    """export_model writes weights + card; load() and build(checkpoint=) give the same model."""
     model = build("vit4k_tiny_test", drop_path_rate=0.1).eval()
-    out = export_backbone(
-        model, "vit4k_tiny_test", tmp_path / "exp" / "vit4k", {"run_id": "r-1234"}
-    )
+    out = export_model(model, tmp_path / "exp" / "vit4k", meta={"run_id": "r-1234"})
     assert out.name == "vit4k.safetensors"
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["architecture"] == "vit4k_tiny_test"
-    assert meta["overrides"] == {"drop_path_rate": 0.1}
-    assert meta["sha256"] == sha256_file(out)
-    assert meta["meta"] == {"run_id": "r-1234"}
-    assert meta["n_params"] == sum(p.numel() for p in model.parameters())
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["format"] == "hipt.model/v2" and card["architecture"] == "vit4k_tiny_test"
+    assert card["kwargs"] == {"drop_path_rate": 0.1}
+    assert (card["kind"], card["consumes"], card["output"]) == ("region_encoder", "feats256",
+                                                                 {"dim": 16})  # fmt: skip
+    assert card["sha256"] == sha256_file(out)
+    assert card["meta"] == {"run_id": "r-1234"}
+    assert card["n_params"] == sum(p.numel() for p in model.parameters())
 
     loaded = build("vit4k_tiny_test", checkpoint=out).eval()
-    rebuilt = build_from_export(out).eval()
+    rebuilt, read = load(out)
+    assert read.kwargs == {"drop_path_rate": 0.1} and not rebuilt.training
     grid = torch.randn(2, 32, 16, 16)
     with torch.no_grad():
         assert torch.equal(loaded(grid), model(grid))
         assert torch.equal(rebuilt(grid), model(grid))
-    assert rebuilt.hipt_overrides == {"drop_path_rate": 0.1}
 
     with pytest.raises(FileExistsError):
-        export_backbone(model, "vit4k_tiny_test", out)
+        export_model(model, out)
+
+
+def test_patch_encoder_card_declares_preprocessing(tmp_path: Path) -> None:
+    """A patch encoder's card carries its registry preprocessing (input px, mean, std)."""
+    out = export_model(build("vit256_tiny_test"), tmp_path / "v256")
+    card = read_card(out)
+    assert (card.kind, card.consumes) == ("patch_encoder", "pixels")
+    assert card.preprocessing == {"input_px": 256, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+def test_legacy_backbone_sidecar_still_loads(tmp_path: Path) -> None:
+    """A ``hipt.backbone/v1`` export (architecture + overrides) loads through the card reader."""
+    model = build("vit4k_tiny_test").eval()
+    out = export_model(model, tmp_path / "old")
+    legacy = {"format": "hipt.backbone/v1", "architecture": "vit4k_tiny_test", "overrides": {},
+              "sha256": sha256_file(out), "meta": {"teacher": True}}  # fmt: skip
+    out.with_suffix(".json").write_text(json.dumps(legacy))
+    rebuilt, card = load(out)
+    assert card.consumes == "feats256" and card.kind == "region_encoder"
+    grid = torch.randn(1, 32, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(grid), model(grid))
 
 
 def test_export_architecture_mismatch(tmp_path: Path) -> None:
-    out = export_backbone(build("vit4k_tiny_test"), "vit4k_tiny_test", tmp_path / "a")
+    out = export_model(build("vit4k_tiny_test"), tmp_path / "a")
     with pytest.raises(CheckpointError, match="does not match the model 'vit4k_xs'"):
         build("vit4k_xs", checkpoint=out)
 
 
 def test_export_tampered_or_without_sidecar(tmp_path: Path) -> None:
-    out = export_backbone(build("vit4k_tiny_test"), "vit4k_tiny_test", tmp_path / "a.safetensors")
+    out = export_model(build("vit4k_tiny_test"), tmp_path / "a.safetensors")
     with out.open("r+b") as fh:  # flip one byte of the payload
         fh.seek(-1, 2)
         last = fh.read(1)
@@ -211,7 +235,7 @@ def test_export_tampered_or_without_sidecar(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="sha256"):
         build("vit4k_tiny_test", checkpoint=out)
     out.with_suffix(".json").unlink()
-    with pytest.raises(CheckpointError, match="missing sidecar"):
+    with pytest.raises(CheckpointError, match="missing card"):
         build("vit4k_tiny_test", checkpoint=out)
 
 

@@ -14,7 +14,7 @@ from pipelines.tile import main
 from hipt.config import load_config
 from hipt.provenance import REPO_ROOT
 from hipt.slides.regions import patch_masks, read_metadata, read_regions
-from hipt.slides.tile_config import TileConfig, tiling_hash, validate
+from hipt.tile.config import TileConfig, tiling_hash, validate
 
 BAD = {"zero_bytes", "truncated", "random_bytes", "png_as_svs", "no_mpp", "corrupt_tile"}
 
@@ -45,7 +45,7 @@ def test_config_file_loads_and_hash_ignores_non_result_keys():
 
 def test_sample_slide_gives_one_region_qc_and_wandb(tmp_path, sample_slide, monkeypatch):
     """The real sample: exactly one 4096 region at (0, 0) read as 4104 level-0 px."""
-    from hipt.wandb_offline import find_offline_runs, read_offline_run
+    from wandb_runs import find_offline_runs, read_offline_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     out = tmp_path / "out"

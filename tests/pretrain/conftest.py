@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from stores import store_meta
 
-from hipt.features import FeatureStoreMeta, write_store
+from hipt.features import write_store
 from hipt.samples import sample_slide_path
 from hipt.slides import open_slide
+from hipt.slides.geometry import SlideGeometry
 from hipt.slides.regions import regions_table, with_metadata
 from hipt.slides.tiling import choose_level, select_regions
 from hipt.slides.tissue import segment_tissue
@@ -27,17 +29,14 @@ def write_regions(out: Path, target_mpp: float = 0.5) -> Path:
         mask = segment_tissue(thumb, ds, reader.mpp)
         choice = choose_level(reader.level_downsamples, reader.mpp, target_mpp)
         sel = select_regions(mask, width, height, reader.mpp, target_mpp)
-        table = regions_table(
-            "cmu_small_region",
-            str(slide),
-            reader.mpp,
-            target_mpp,
-            4096,
-            256,
-            choice,
-            float(reader.level_downsamples[choice.level]),
-            sel,
-        )
+        geom = SlideGeometry(
+            slide_id="cmu_small_region", path=str(slide), backend=reader.backend, width=width,
+            height=height, mpp=reader.mpp, mpp_source=reader.mpp_source,
+            read_level=choice.level, read_size=choice.read_size(4096),
+            read_downsample=float(reader.level_downsamples[choice.level]),
+            target_mpp=target_mpp, region_px=4096, patch_px=256,
+        )  # fmt: skip
+        table = regions_table(geom, sel)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "regions.parquet"
     pq.write_table(with_metadata(table, {"stage": "tile", "config_hash": "fixture"}), path)
@@ -48,23 +47,7 @@ def write_tiny_stores(out: Path, n_stores: int = 3, regions: int = 8, seed: int 
     """``n_stores`` float32 stores of random ``[regions, 256, 32]`` feats with all-tissue masks."""
     rng = np.random.default_rng(seed)
     for s in range(n_stores):
-        meta = FeatureStoreMeta(
-            slide_id=f"s{s}",
-            source_path=f"s{s}.svs",
-            source_size_bytes=1,
-            model_256="vit256_tiny_test",
-            model_4k="vit4k_tiny_test",
-            checkpoint_256_sha256=None,
-            checkpoint_4k_sha256=None,
-            random_weights=True,
-            feature_dim_256=TINY_DIM_256,
-            feature_dim_4k=16,
-            target_mpp=0.5,
-            region_px=4096,
-            patch_px=256,
-            tiling_config_hash="fixture",
-            dtype="float32",
-        )
+        meta = store_meta(f"s{s}", feature_dim_256=TINY_DIM_256, tiling_config_hash="fixture")
         feats = rng.normal(size=(regions, 256, TINY_DIM_256)).astype(np.float32)
         mask = np.ones((regions, 256), dtype=bool)
         mask[0, :] = False  # one empty region per store: skipped by min_tissue_patches=1

@@ -12,13 +12,15 @@ from hipt.pretrain.patch_cache import build_patch_cache, open_patch_cache
 from hipt.pretrain.sampling import SampleKey
 from hipt.slides import open_slide
 from hipt.slides.regions import read_regions
+from hipt.slides.tiles import load_tiles
 
 
 def test_tissue_patches_follow_the_masks(tiles_dir):
     """One row per set mask cell, at level-0 origin (x + ceil(c*s), y + ceil(r*s)),
     s = 256 * target_mpp / slide_mpp (closed form), read 256 px at level 0 on the sample."""
     regions = read_regions(tiles_dir / "regions.parquet")
-    patches = tissue_patches(regions)
+    tiles = load_tiles(tiles_dir)
+    patches = tissue_patches(tiles)
     assert len(patches) == sum(int(m.sum()) for m in regions.patch_mask) > 30
     r = regions.iloc[0]
     s = 256 * r.target_mpp / r.slide_mpp
@@ -27,19 +29,22 @@ def test_tissue_patches_follow_the_masks(tiles_dir):
             for q, c in zip(rows, cols, strict=True)}  # fmt: skip
     got = set(zip(patches.x.tolist(), patches.y.tolist(), strict=True))
     assert got == want
-    assert set(patches.read_px) == {256} and set(patches.level) == {0}
+    geom = tiles.slides[0].geometry
+    assert (geom.patch_read_px, geom.read_level) == (256, 0)
 
 
 def test_patch_reads_and_cache_agree_with_the_reader(tiles_dir, tmp_path):
     """Dataset reads equal direct SlideReader reads, and the patch cache stores the same bytes."""
-    patches = tissue_patches(read_regions(tiles_dir / "regions.parquet")).iloc[:6]
-    build_patch_cache(tmp_path / "cache", patches)
+    tiles = load_tiles(tiles_dir)
+    geoms = [t.geometry for t in tiles.slides]
+    patches = tissue_patches(tiles).iloc[:6]
+    build_patch_cache(tmp_path / "cache", patches, geoms)
     cache = open_patch_cache(tmp_path / "cache")
-    live = TilePatchDataset(patches, lambda img, seed: [torch.from_numpy(img.copy())])
-    cached = TilePatchDataset(patches, live.transform, cache=tmp_path / "cache")
-    with open_slide(patches.slide_path.iloc[0]) as reader:
+    live = TilePatchDataset(patches, geoms, lambda img, seed: [torch.from_numpy(img.copy())])
+    cached = TilePatchDataset(patches, geoms, live.transform, cache=tmp_path / "cache")
+    with open_slide(geoms[0].path) as reader:
         for i, p in enumerate(patches.itertuples()):
-            direct = reader.read_region(p.x, p.y, p.level, 256, 256)
+            direct = reader.read_region(p.x, p.y, 0, 256, 256)
             np.testing.assert_array_equal(live.read(i), direct)
             np.testing.assert_array_equal(cache[i], direct)
             assert torch.equal(cached[SampleKey(i, 0)].data[0], torch.from_numpy(direct))

@@ -6,10 +6,11 @@ import torch
 from lightning.pytorch import Callback
 from pipelines.pretrain import main, pick_yaml
 
-from hipt.config import load_config, save_resolved
+from hipt.config import load_config
 from hipt.models import build
 from hipt.pretrain.config import PretrainConfig, validate
 from hipt.pretrain.runner import prepare_out, train
+from hipt.stage import StageRun
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,8 +64,10 @@ def test_pretrain_4k_end_to_end(stores_dir, tmp_path, capsys):
     assert list((out / "wandb").glob("offline-run-*"))
     run = json.loads((out / "run.json").read_text())
     assert run["extra"]["global_step"] == 4 and run["extra"]["upstream"]["n_regions"] == 21
-    sidecar = json.loads((out / "backbone.json").read_text())
-    assert sidecar["architecture"] == "vit4k_tiny_test" and sidecar["meta"]["teacher"] is True
+    card = json.loads((out / "backbone.json").read_text())
+    assert card["architecture"] == "vit4k_tiny_test" and card["meta"]["teacher"] is True
+    assert (card["kind"], card["consumes"]) == ("region_encoder", "feats256")
+    assert card["trained_on"]["model_256"] == "vit256_tiny_test"
 
     state = _ckpt(out / "checkpoints/last.ckpt")["state_dict"]
     teacher = build("vit4k_tiny_test")
@@ -123,11 +126,9 @@ def test_resume_continues_exactly(stores_dir, tmp_path, monkeypatch):
             "tests/pretrain_4k_tiny.yaml",
             [f"data.features={stores_dir}", f"out={out}", *extra],
         )
-        out.mkdir()
-        prepare_out(cfg, out)
-        save_resolved(cfg, out)
-        with pytest.raises(RuntimeError, match="simulated"):
-            train(cfg, None, callbacks=[_Interrupt(at=at)])
+        stage = StageRun("pretrain", cfg, out, prepare=lambda c=cfg, o=out: prepare_out(c, o))
+        with stage, pytest.raises(RuntimeError, match="simulated"):
+            train(cfg, None, stage, callbacks=[_Interrupt(at=at)])
         assert _ckpt(out / "checkpoints/last.ckpt")["global_step"] == at
         assert main(_args(stores_dir, out, *extra)) == 1  # no silent restart
         assert main(_args(stores_dir, out, *extra, "resume=true")) == 0

@@ -38,7 +38,7 @@ def sample_features(sample_tiles: Path) -> Path:
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """Feature stores + cohort CSV with planted labels (no slides: built in a second)."""
-    from hipt.finetune.synthetic import make_planted_cohort
+    from planted import make_planted_cohort
 
     root = tmp_path_factory.mktemp("planted")
     return make_planted_cohort(root, n_patients=12, regions_per_slide=(1, 2), seed=0)

@@ -61,10 +61,10 @@ def _backbone(tmp_path: Path, name: str, damage: str | None = None) -> Path:
     export's sidecar) or without its JSON sidecar (``no_sidecar``)."""
     from safetensors.torch import save_file
 
-    from hipt.models import build, export_backbone
+    from hipt.models import build, export_model
 
     torch.manual_seed(7)
-    good = export_backbone(build(name), name, tmp_path / f"{name}.safetensors")
+    good = export_model(build(name), tmp_path / f"{name}.safetensors")
     if damage is None:
         return good
     path = tmp_path / f"{name}-{damage}.safetensors"

@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from hipt.slides.geometry import SlideGeometry
 from hipt.slides.regions import (
     flatten_mask,
+    geometry_of,
     patch_at,
     patch_grid,
     patch_index,
@@ -75,11 +77,17 @@ def test_mask_flatten_round_trip(m):
 
 
 def test_table_parquet_round_trip(tmp_path):
+    """A slide's regions table keeps its geometry: geometry_of(rows) gives it back exactly."""
     rng = np.random.default_rng(0)
     mask = TissueMask(rng.random((100, 100)) < 0.5, 64.0)
     sel = select_regions(mask, 6400, 6400, 0.25, 0.5, 1024, 64, 0.01, 0.25)
     choice = choose_level([1, 4], 0.25, 0.5)
-    t = regions_table("s1", "/x/s1.svs", 0.25, 0.5, 1024, 64, choice, 1.0, sel)
+    geom = SlideGeometry(
+        slide_id="s1", path="/x/s1.svs", backend="cucim", width=6400, height=6400, mpp=0.25,
+        mpp_source="manifest", read_level=choice.level, read_size=choice.read_size(1024),
+        read_downsample=1.0, target_mpp=0.5, region_px=1024, patch_px=64,
+    )  # fmt: skip
+    t = regions_table(geom, sel)
     path = tmp_path / "r.parquet"
     import pyarrow.parquet as pq
 
@@ -91,3 +99,4 @@ def test_table_parquet_round_trip(tmp_path):
     assert df["read_size"].iloc[0] == 2048 and df["read_level"].iloc[0] == 0
     np.testing.assert_array_equal(patch_masks(df), sel.patch_masks)
     assert (df["n_tissue_patches"].to_numpy() == sel.patch_masks.sum(axis=(1, 2))).all()
+    assert geometry_of(df) == geom

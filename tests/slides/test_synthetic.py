@@ -10,7 +10,7 @@ from hipt.slides import open_slide
 from hipt.slides.synthetic import (
     blob_layout,
     make_synthetic_slide,
-    saturation,
+    saturation_unit,
     tissue_tiles_from_sample,
 )
 
@@ -19,7 +19,7 @@ def test_tissue_tiles_are_real_tissue(tissue_tiles, sample_path):
     assert tissue_tiles.ndim == 4 and tissue_tiles.shape[1:] == (256, 256, 3)
     assert tissue_tiles.dtype == np.uint8 and len(tissue_tiles) >= 20
     # every 2nd pixel: the fraction is the same to a percent, at a quarter of the cost
-    assert ((saturation(tissue_tiles[:, ::2, ::2]) > 0.08).mean(axis=(1, 2)) > 0.5).all()
+    assert ((saturation_unit(tissue_tiles[:, ::2, ::2]) > 0.08).mean(axis=(1, 2)) > 0.5).all()
     assert tissue_tiles_from_sample(sample_path) is tissue_tiles  # cached per process
 
 
@@ -56,7 +56,7 @@ def test_layout_recovered_at_every_level(synthetic_slide, hand_layout, backend):
         for level, ds in enumerate(synthetic_slide.levels):
             lw, lh = reader.level_dimensions[level]
             step = 4 // min(ds, 4)  # subsample level 0 and 1 to keep the test fast
-            sat = saturation(reader.read_region(0, 0, level, lw, lh)[::step, ::step])
+            sat = saturation_unit(reader.read_region(0, 0, level, lw, lh)[::step, ::step])
             side = cell // ds // step
             cells = sat.reshape(8, side, 8, side).mean(axis=(1, 3))
             tissue, glass = cells[hand_layout], cells[~hand_layout]

@@ -12,7 +12,7 @@ from hipt.slides.tissue import (
     TissueConfig,
     majority_filter,
     otsu_threshold,
-    saturation,
+    saturation_255,
     segment_tissue,
     validate_tissue_config,
 )
@@ -29,7 +29,7 @@ def canvas(h, w, color=WHITE):
 
 def test_saturation_matches_hsv_definition():
     img = np.array([[[255, 255, 255], [255, 0, 0], [200, 100, 100], [0, 0, 0]]], np.uint8)
-    assert saturation(img).tolist() == [[0, 255, 128, 0]]
+    assert saturation_255(img).tolist() == [[0, 255, 128, 0]]
 
 
 @settings(max_examples=40, deadline=None)

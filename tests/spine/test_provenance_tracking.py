@@ -2,13 +2,13 @@ import json
 from pathlib import Path
 
 import pytest
+from wandb_runs import find_offline_runs, read_offline_run
 
 from hipt.cli import expand_shortcuts
 from hipt.config import WandbConfig
 from hipt.errors import ConfigError
 from hipt.provenance import RunInfo, sha256_file
 from hipt.tracking import create_logger, finish, resolve_mode
-from hipt.wandb_offline import find_offline_runs, read_offline_run
 
 
 def test_run_info_records_versions_inputs_and_hash(tmp_path):

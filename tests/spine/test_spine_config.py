@@ -3,7 +3,17 @@ from pathlib import Path
 
 import pytest
 
-from hipt.config import WandbConfig, config_hash, load_config, save_resolved
+from hipt.config import (
+    HARDWARE,
+    NON_RESULT,
+    WandbConfig,
+    config_hash,
+    hardware,
+    keys_with_role,
+    load_config,
+    non_result,
+    save_resolved,
+)
 from hipt.errors import ConfigError
 
 
@@ -73,30 +83,37 @@ def test_hash_ignores_excluded_keys_and_saves_round_trip(tmp_path):
     assert config_hash(again) == config_hash(a)
 
 
-def _schemas():
+def _stages():
+    """conf/ top-level name -> (schema, validate, dummy values for the mandatory keys)."""
     from hipt.demo.config import DemoConfig
+    from hipt.demo.config import validate as demo_validate
     from hipt.extract.config import ExtractConfig
+    from hipt.extract.config import validate as extract_validate
     from hipt.finetune.config import FinetuneConfig
+    from hipt.finetune.runner import check_config
     from hipt.heatmap.config import HeatmapConfig
+    from hipt.heatmap.config import validate as heatmap_validate
     from hipt.pretrain.config import PretrainConfig
-    from hipt.slides.tile_config import TileConfig
+    from hipt.pretrain.config import validate as pretrain_validate
+    from hipt.tile.config import TileConfig
+    from hipt.tile.config import validate as tile_validate
 
+    pretrain = (PretrainConfig, pretrain_validate, ["out=o", "data.tiles=t", "data.features=f"])
     return {
-        "tile": TileConfig, "extract": ExtractConfig, "heatmap": HeatmapConfig,
-        "pretrain_256": PretrainConfig, "pretrain_4k": PretrainConfig, "tests": PretrainConfig,
-        "finetune": FinetuneConfig, "demo": DemoConfig,
+        "tile": (TileConfig, tile_validate, ["slides=s"]),
+        "extract": (ExtractConfig, extract_validate, ["tiles=t"]),
+        "heatmap": (HeatmapConfig, heatmap_validate, ["slide=s", "features=f", "out=o"]),
+        "pretrain_256": pretrain, "pretrain_4k": pretrain, "tests": pretrain,
+        "finetune": (FinetuneConfig, check_config, ["cohort=c", "features=f", "out=o"]),
+        "demo": (DemoConfig, demo_validate, []),
     }  # fmt: skip
 
 
 def test_every_conf_yaml_validates_against_its_schema():
-    """Every conf/**/*.yaml merges into its stage's typed schema: no unknown key, no bad type.
-
-    Mandatory values (``???``, e.g. input folders) may stay open; they are given at run time.
-    """
-    from omegaconf import OmegaConf
-
+    """Every conf/**/*.yaml loads into its stage's typed schema (no unknown key, no bad type) and
+    passes the stage's own validate(); mandatory values (input folders) get dummy values."""
     conf = Path(__file__).resolve().parents[2] / "conf"
-    schemas = _schemas()
+    stages = _stages()
     files = sorted(conf.rglob("*.yaml"))
     assert len(files) >= 8, files
     for f in files:
@@ -104,9 +121,39 @@ def test_every_conf_yaml_validates_against_its_schema():
         key = rel.parts[0] if len(rel.parts) > 1 else f.stem
         if key == "demo" and len(rel.parts) > 1:
             key = f.stem  # the demo's per-stage configs, e.g. conf/demo/pretrain_4k.yaml
-        schema = schemas[key]
-        layer = OmegaConf.load(f)
+        schema, validate, required = stages[key]
         try:
-            OmegaConf.merge(OmegaConf.structured(schema), layer)
+            cfg = load_config(schema, f, required)
+            validate(cfg)
         except Exception as exc:  # noqa: BLE001 - report which file failed
             raise AssertionError(f"{rel}: {exc}") from exc
+        assert isinstance(cfg, schema), rel
+
+
+def test_load_config_returns_the_dataclass_with_real_types(tmp_path):
+    """load_config gives the schema's dataclass (nested ones too), not a DictConfig."""
+    y = _yaml(tmp_path, "slides: a\n")
+    cfg = load_config(Cfg, y, ["trainer.max_steps=7"])
+    assert type(cfg) is Cfg and type(cfg.trainer) is Inner and type(cfg.wandb) is WandbConfig
+    assert cfg.trainer.max_steps == 7 and isinstance(cfg.trainer.lr, float)
+
+
+@dataclasses.dataclass
+class Declared:
+    out: str = non_result("o")
+    lr: float = 0.1
+    devices: int = hardware(1)
+    trainer: Inner = dataclasses.field(default_factory=Inner)
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
+
+
+def test_non_result_fields_leave_the_hash_and_hardware_fields_do_not():
+    """config_hash ignores fields declared non_result (whole nested blocks too) and keeps every
+    other field, hardware ones included; keys_with_role lists them by dotted name."""
+    a = Declared()
+    assert config_hash(a) == config_hash(Declared(out="elsewhere", wandb=WandbConfig(mode="x")))
+    assert config_hash(a) != config_hash(Declared(lr=0.2))
+    assert config_hash(a) != config_hash(Declared(devices=2))
+    assert config_hash(a) != config_hash(Declared(trainer=Inner(max_steps=3)))
+    assert keys_with_role(Declared, NON_RESULT) == ("out", "wandb")
+    assert keys_with_role(Declared, HARDWARE) == ("devices",)

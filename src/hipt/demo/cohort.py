@@ -23,7 +23,7 @@ from hipt.demo.phenotype import draw_patients, layout_stats, slide_layout
 from hipt.errors import HiptError
 from hipt.io import atomic_output, atomic_write_text, remove_path
 from hipt.samples import sample_slide_path
-from hipt.slides.synthetic import make_synthetic_slide, saturation, tissue_tiles_from_sample
+from hipt.slides.synthetic import make_synthetic_slide, saturation_unit, tissue_tiles_from_sample
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def dense_score(tiles: np.ndarray) -> np.ndarray:
     dark (mean RGB < 150) and blue-purple rather than pink (blue >= red - 12).
     """
     x = tiles.astype(np.float32)
-    tissue = saturation(tiles) > 0.08
+    tissue = saturation_unit(tiles) > 0.08
     dark_purple = (x.mean(-1) < 150) & (x[..., 2] >= x[..., 0] - 12) & tissue
     return dark_purple.sum(axis=(1, 2)) / np.maximum(tissue.sum(axis=(1, 2)), 1)
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from hipt.config import WandbConfig, config_hash
+from hipt.config import WandbConfig, config_hash, non_result
 from hipt.demo.cohort import CohortConfig
 from hipt.errors import ConfigError
 
 TASKS = ("subtype", "stage", "survival", "response")
-#: Keys that never change results: left out of the demo hash (and so of the W&B group name).
-NON_RESULT_KEYS = ("out", "force", "isolate", "jobs", "torch_threads", "wandb")
 
 
 @dataclasses.dataclass
@@ -72,7 +70,7 @@ class DemoConfig:
         wandb: W&B settings handed to every stage; ``group`` defaults to ``demo-<hash>``.
     """
 
-    out: str = "data/demo"
+    out: str = non_result("data/demo")
     seed: int = 0
     tasks: list[str] = dataclasses.field(default_factory=lambda: list(TASKS))
     models: dict[str, list[str]] = dataclasses.field(
@@ -90,13 +88,13 @@ class DemoConfig:
     controls: bool = True
     control_repeats: int = 3
     heatmap_slides: int = 2
-    force: bool = False
-    isolate: bool = False
-    jobs: int = 2
-    torch_threads: int | None = 1
+    force: bool = non_result(False)
+    isolate: bool = non_result(False)
+    jobs: int = non_result(2)
+    torch_threads: int | None = non_result(1)
     cohort: CohortConfig = dataclasses.field(default_factory=CohortConfig)
     stages: StageArgs = dataclasses.field(default_factory=StageArgs)
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
 def validate(cfg: DemoConfig) -> None:
@@ -143,5 +141,5 @@ def validate(cfg: DemoConfig) -> None:
 
 
 def demo_hash(cfg: DemoConfig) -> str:
-    """sha256 of the settings that change the demo's results."""
-    return config_hash(cfg, exclude=NON_RESULT_KEYS)
+    """sha256 of the settings that change the demo's results (non-result fields left out)."""
+    return config_hash(cfg)

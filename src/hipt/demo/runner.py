@@ -31,9 +31,9 @@ from hipt.demo.config import DemoConfig, demo_hash, validate
 from hipt.demo.report import StepTiming, write_report
 from hipt.demo.steps import BACKBONE, STAGE_FOLDERS, Plan, Step
 from hipt.errors import HiptError
-from hipt.io import atomic_write_json, clean_stale_tmp
-from hipt.lock import RunLock
+from hipt.io import atomic_write_json
 from hipt.provenance import sha256_file
+from hipt.stage import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +276,8 @@ def run_demo(cfg: DemoConfig, launch: Launcher, pool: Pool | None = None) -> int
 
         torch.set_num_threads(cfg.torch_threads)
         os.environ["OMP_NUM_THREADS"] = str(cfg.torch_threads)  # for isolate=true children
-    root = Path(cfg.out)
-    root.mkdir(parents=True, exist_ok=True)
-    with RunLock(root):
-        clean_stale_tmp(root)
+    with StageRun("demo", cfg, cfg.out, chash=demo_hash(cfg)) as run:
         report = DemoRunner(cfg, launch, pool).run()
+        run.done({"report": str(report)})
     log.info("demo: done; report in %s", report)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hipt.config import WandbConfig
+from hipt.config import WandbConfig, non_result
 from hipt.errors import ConfigError
 
 DTYPES = ("float16", "float32")
@@ -43,6 +43,8 @@ class ExtractConfig:
         precision: ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` on CPU (bf16 is slow there).
         on_stale: what to do with a store made with other settings (checkpoint, tiling, dtype):
             ``recompute`` it or stop with an ``error`` before anything is written.
+        verify_stores: before reusing a store, decode every chunk once (crc32c checksums) so
+            a damaged store (disk fault, partial copy) is recomputed; reads each store once.
         overwrite: recompute every store, even complete and matching ones.
         compile: ``torch.compile`` the ViT-256: ``true``, ``false`` or ``auto`` (on when the
             encoder is large and this process has at least ``compile_min_regions`` regions).
@@ -52,33 +54,34 @@ class ExtractConfig:
         wandb: Weights & Biases settings.
     """
 
-    tiles: str = "???"
-    out: str = "data/features"
+    tiles: str = non_result("???")
+    out: str = non_result("data/features")
     checkpoint256: str | None = None
     checkpoint4k: str | None = None
     model_256: str = "vit256_small"
     model_4k: str = "vit4k_xs"
     dtype: str = "float16"
     skip_background: bool = False
-    batch_size: int = 256
-    num_workers: int = 2
-    reader_threads: int = 1
-    prefetch_regions: int = 2
-    regions_per_chunk: int = 1
-    backend: str = "auto"
-    gpu_decode: bool = True
-    devices: int | str = 1
-    num_nodes: int = 1
-    accelerator: str = "auto"
-    strategy: str = "auto"
+    batch_size: int = non_result(256)
+    num_workers: int = non_result(2)
+    reader_threads: int = non_result(1)
+    prefetch_regions: int = non_result(2)
+    regions_per_chunk: int = non_result(1)
+    backend: str = non_result("auto")
+    gpu_decode: bool = non_result(True)
+    devices: int | str = non_result(1)
+    num_nodes: int = non_result(1)
+    accelerator: str = non_result("auto")
+    strategy: str = non_result("auto")
     precision: str = "auto"
-    on_stale: str = "recompute"
-    overwrite: bool = False
-    compile: str = "auto"
-    compile_min_regions: int = 16
+    on_stale: str = non_result("recompute")
+    verify_stores: bool = non_result(True)
+    overwrite: bool = non_result(False)
+    compile: str = non_result("auto")
+    compile_min_regions: int = non_result(16)
     seed: int = 0
-    progress: bool = True
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    progress: bool = non_result(True)
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
 def validate(cfg: ExtractConfig) -> None:

@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader
 
 from hipt.errors import HiptError
 from hipt.extract.dataset import PatchBatch, RegionStream
-from hipt.extract.plan import SlideJob, shard
+from hipt.extract.plan import shard
+from hipt.slides.tiles import SlideTiles
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ExtractDataModule(LightningDataModule):
 
     def __init__(
         self,
-        jobs: Sequence[SlideJob],
+        jobs: Sequence[SlideTiles],
         todo: Sequence[int],
         fingerprint: str,
         batch_size: int,

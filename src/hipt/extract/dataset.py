@@ -10,12 +10,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
-from hipt.extract.plan import SlideJob
-from hipt.slides.readers import SlideReader, open_slide
+from hipt.errors import one_line
+from hipt.slides.geometry import open_slide_at
+from hipt.slides.pixels import read_region, unfold_patches
+from hipt.slides.readers import SlideReader
+from hipt.slides.tiles import SlideTiles
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +42,6 @@ class PatchBatch(NamedTuple):
     expected: Tensor
     empty: Tensor
     failed: list[tuple[int, str]]
-
-
-def resize_region(region: Tensor, size: int) -> Tensor:
-    """Resize a uint8 ``[3, H, W]`` region to ``[3, size, size]`` (antialiased bilinear).
-
-    The one resampling of the pipeline (tile stage read size != ``region_px``, e.g. 40x slides
-    read at 8192 level-0 px): triangle filter widened by the scale factor when shrinking (PIL's
-    ``BILINEAR``), computed in float32 and rounded half-to-even back to uint8.
-    """
-    if region.shape[-2:] == (size, size):
-        return region
-    x = region.unsqueeze(0).float()
-    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return y.round_().clamp_(0, 255).to(torch.uint8).squeeze(0)
-
-
-def unfold_patches(region: Tensor, patch_px: int) -> Tensor:
-    """Cut ``[3, S, S]`` into ``[g*g, 3, P, P]`` (``g = S / P``); patch ``n`` is row ``n // g``."""
-    c, h, w = region.shape
-    g = h // patch_px
-    tiles = region.reshape(c, g, patch_px, g, patch_px).permute(1, 3, 0, 2, 4)
-    return tiles.reshape(g * g, c, patch_px, patch_px)
 
 
 class _Chunk(NamedTuple):
@@ -94,7 +74,7 @@ class RegionStream(IterableDataset[PatchBatch]):
 
     def __init__(
         self,
-        jobs: Sequence[SlideJob],
+        jobs: Sequence[SlideTiles],
         positions: Sequence[int],
         batch_size: int,
         skip_background: bool = False,
@@ -124,14 +104,10 @@ class RegionStream(IterableDataset[PatchBatch]):
         return self._stream(self.tasks(worker, n))
 
     # -- reading ------------------------------------------------------------------------------
-    def _read(self, reader: SlideReader, job: SlideJob, region: int) -> Tensor:
+    def _read(self, reader: SlideReader, job: SlideTiles, region: int) -> Tensor:
         x, y = (int(v) for v in job.coords[region])
-        s = job.read_size
-        if self.device.type == "cpu":
-            img = torch.from_numpy(reader.read_region(x, y, job.read_level, s, s)).permute(2, 0, 1)
-        else:
-            img = reader.read_region_tensor(x, y, job.read_level, s, s, device=self.device)
-        return unfold_patches(resize_region(img, job.region_px), job.patch_px)
+        img = read_region(reader, job.geometry, x, y, self.device)
+        return unfold_patches(img, job.geometry.patch_px)
 
     def _reads(
         self, tasks: list[tuple[int, int]], failed: set[int]
@@ -144,7 +120,7 @@ class RegionStream(IterableDataset[PatchBatch]):
             with lock:
                 if pos not in readers:
                     try:
-                        readers[pos] = open_slide(self.jobs[pos].path, backend=self.backend)
+                        readers[pos] = open_slide_at(self.jobs[pos].geometry, backend=self.backend)
                     except Exception as exc:  # noqa: BLE001 - reported per slide
                         readers[pos] = exc
                 got = readers[pos]
@@ -236,9 +212,7 @@ class RegionStream(IterableDataset[PatchBatch]):
         return _Chunk(pos, region, patches[ids.to(patches.device)], ids, int(ids.numel()))
 
     def _message(self, pos: int, exc: BaseException) -> str:
-        job = self.jobs[pos]
-        msg = " ".join(f"{type(exc).__name__}: {exc}".split())
-        return msg if job.path in msg else f"{job.path}: {msg}"
+        return one_line(exc, self.jobs[pos].path)
 
     def _take(
         self,

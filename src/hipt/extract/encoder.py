@@ -10,8 +10,9 @@ from torch import Tensor, nn
 
 from hipt.models.grid import bag_to_grid
 from hipt.models.transforms import normalize_patches
+from hipt.slides.regions import GRID
 
-GRID_PATCHES = 256
+GRID_PATCHES = GRID * GRID
 
 log = logging.getLogger(__name__)
 

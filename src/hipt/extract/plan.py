@@ -11,115 +11,22 @@ from typing import Any
 
 import numpy as np
 
-from hipt.errors import HiptError
 from hipt.features.schema import FeatureStoreMeta
-from hipt.features.store import GRID, needs_recompute, read_meta
-from hipt.slides.regions import patch_masks, read_metadata, read_regions
+from hipt.features.store import needs_recompute, open_store, read_meta, store_path
+from hipt.slides.pixels import RESIZE
+from hipt.slides.tiles import SlideTiles
 
 log = logging.getLogger(__name__)
 
-REGIONS_FILE = "regions.parquet"
-#: Resize applied when the tile stage's read size differs from ``region_px``.
-RESIZE = "bilinear-antialias"
-#: Store metadata that must match for a store to be reused (everything that changes values).
+#: Store metadata that must match for a store to be reused (everything that changes values):
+#: the encoders and their weights, the slide's geometry, the tiling and extraction settings.
 STALE_KEYS = (
     "slide_id", "model_256", "model_4k", "checkpoint_256_sha256", "checkpoint_4k_sha256",
     "random_weights", "feature_dim_256", "feature_dim_4k", "target_mpp", "region_px", "patch_px",
+    "slide_mpp", "mpp_source", "slide_width", "slide_height", "read_level", "read_size",
     "tiling_config_hash", "dtype", "skip_background", "config_hash", "source_size_bytes",
     "n_regions", "schema_version",
 )  # fmt: skip
-
-
-@dataclasses.dataclass
-class SlideJob:
-    """The regions of one slide, as chosen by the tile stage.
-
-    Attributes:
-        slide_id: identifier (store name without ``.zarr``).
-        path: slide file.
-        coords: ``[M, 2]`` int64 level-0 top-left (x, y) of each region.
-        patch_mask: ``[M, 256]`` bool tissue mask per patch, row-major.
-        read_level: pyramid level the regions are read at.
-        read_size: square side read at ``read_level`` (resized to ``region_px`` when different).
-        region_px: region side at ``target_mpp``.
-        patch_px: patch side at ``target_mpp``.
-        target_mpp: µm/px of the regions.
-        slide_mpp: level-0 µm/px of the slide.
-    """
-
-    slide_id: str
-    path: str
-    coords: np.ndarray
-    patch_mask: np.ndarray
-    read_level: int
-    read_size: int
-    region_px: int
-    patch_px: int
-    target_mpp: float
-    slide_mpp: float
-
-    @property
-    def n_regions(self) -> int:
-        """Number of regions ``M``."""
-        return int(self.coords.shape[0])
-
-    def source_size(self) -> int:
-        """Size in bytes of the slide file now (-1 when it is missing)."""
-        try:
-            return Path(self.path).stat().st_size
-        except OSError:
-            return -1
-
-
-def _one(values: Any, name: str, slide_id: str) -> Any:
-    uniq = list(dict.fromkeys(values.tolist() if hasattr(values, "tolist") else values))
-    if len(uniq) != 1:
-        raise HiptError(f"regions.parquet: slide {slide_id} has several {name} values {uniq}")
-    return uniq[0]
-
-
-def load_jobs(tiles: str | Path) -> tuple[list[SlideJob], str]:
-    """Read the tile stage's ``regions.parquet`` into one :class:`SlideJob` per slide.
-
-    Returns:
-        (jobs in file order, tiling config hash).
-
-    Raises:
-        HiptError: no ``regions.parquet`` in ``tiles``, or a region grid other than 16x16.
-    """
-    path = Path(tiles) / REGIONS_FILE
-    if not path.is_file():
-        raise HiptError(f"{path} not found; run `make tile SLIDES=... OUT={tiles}` first")
-    tiling_hash = str(read_metadata(path).get("config_hash", ""))
-    if not tiling_hash:
-        log.warning("%s carries no tiling config hash; tiling changes cannot be detected", path)
-    df = read_regions(path)
-    jobs = []
-    for slide_id, rows in df.groupby("slide_id", sort=False):
-        rows = rows.sort_values("region")
-        sid = str(slide_id)
-        region_px = int(_one(rows["region_px"], "region_px", sid))
-        patch_px = int(_one(rows["patch_px"], "patch_px", sid))
-        if region_px != GRID * patch_px:
-            raise HiptError(
-                f"slide {sid}: regions of {region_px} px with {patch_px} px patches make a "
-                f"{region_px // patch_px}-patch grid; feature stores hold {GRID}x{GRID} grids"
-            )
-        jobs.append(
-            SlideJob(
-                slide_id=sid,
-                path=str(_one(rows["slide_path"], "slide_path", sid)),
-                coords=rows[["x", "y"]].to_numpy(np.int64),
-                patch_mask=patch_masks(rows).reshape(len(rows), GRID * GRID),
-                read_level=int(_one(rows["read_level"], "read_level", sid)),
-                read_size=int(_one(rows["read_size"], "read_size", sid)),
-                region_px=region_px,
-                patch_px=patch_px,
-                target_mpp=float(_one(rows["target_mpp"], "target_mpp", sid)),
-                slide_mpp=float(_one(rows["slide_mpp"], "slide_mpp", sid)),
-            )
-        )
-    return jobs, tiling_hash
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +59,11 @@ class EncoderInfo:
 
 
 def expected_meta(
-    job: SlideJob, enc: EncoderInfo, tiling_hash: str, code_version: str | None
+    job: SlideTiles, enc: EncoderInfo, tiling_hash: str, code_version: str | None
 ) -> FeatureStoreMeta:
     """The metadata a store of ``job`` made now would carry (before completion)."""
     return FeatureStoreMeta(
-        slide_id=job.slide_id,
-        source_path=job.path,
+        **FeatureStoreMeta.geometry_fields(job.geometry),
         source_size_bytes=job.source_size(),
         model_256=enc.model_256,
         model_4k=enc.model_4k,
@@ -166,9 +72,6 @@ def expected_meta(
         random_weights=enc.random_weights,
         feature_dim_256=enc.feature_dim_256,
         feature_dim_4k=enc.feature_dim_4k,
-        target_mpp=job.target_mpp,
-        region_px=job.region_px,
-        patch_px=job.patch_px,
         tiling_config_hash=tiling_hash,
         dtype=enc.dtype,
         skip_background=enc.skip_background,
@@ -198,24 +101,22 @@ class Plan:
     skipped: list[str]
     stale: dict[str, str]
 
-    def fingerprint(self, jobs: list[SlideJob]) -> str:
+    def fingerprint(self, jobs: list[SlideTiles]) -> str:
         """Short hash of the todo list; every rank must compute the same one."""
         ids = [(jobs[i].slide_id, jobs[i].n_regions) for i in self.todo]
         return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
 
 
-def store_path(out: str | Path, slide_id: str) -> Path:
-    """``OUT/<slide_id>.zarr``."""
-    return Path(out) / f"{slide_id}.zarr"
+def stale_reason(
+    path: Path, meta: FeatureStoreMeta, job: SlideTiles, verify: bool = True
+) -> str | None:
+    """Why the store at ``path`` cannot be reused for ``job`` (``None``: reuse it).
 
-
-def stale_reason(path: Path, meta: FeatureStoreMeta, job: SlideJob) -> str | None:
-    """Why the store at ``path`` cannot be reused for ``job`` (``None``: reuse it)."""
-    reason = needs_recompute(path, expect_dict(meta))
+    With ``verify`` every chunk is decoded once (checksums), so a damaged store is recomputed.
+    """
+    reason = needs_recompute(path, expect_dict(meta), verify=verify)
     if reason is not None:
         return reason
-    from hipt.features.store import open_store
-
     stored = open_store(path).coords()
     if stored.shape != job.coords.shape or not np.array_equal(stored, job.coords):
         return "coords differ from regions.parquet"
@@ -223,7 +124,11 @@ def stale_reason(path: Path, meta: FeatureStoreMeta, job: SlideJob) -> str | Non
 
 
 def make_plan(
-    jobs: list[SlideJob], metas: list[FeatureStoreMeta], out: str | Path, overwrite: bool
+    jobs: list[SlideTiles],
+    metas: list[FeatureStoreMeta],
+    out: str | Path,
+    overwrite: bool,
+    verify: bool = True,
 ) -> Plan:
     """Sort slides into skip (complete and matching), stale (existing but different) and todo."""
     todo, skipped, stale = [], [], {}
@@ -232,7 +137,7 @@ def make_plan(
         if overwrite:
             todo.append(i)
             continue
-        reason = stale_reason(path, meta, job)
+        reason = stale_reason(path, meta, job, verify)
         if reason is None:
             skipped.append(job.slide_id)
             continue
@@ -242,7 +147,7 @@ def make_plan(
     return Plan(todo=todo, skipped=skipped, stale=stale)
 
 
-def shard(jobs: list[SlideJob], todo: list[int], rank: int, world: int) -> list[int]:
+def shard(jobs: list[SlideTiles], todo: list[int], rank: int, world: int) -> list[int]:
     """Slides of ``rank``: todo sorted by region count (largest first), dealt round-robin.
 
     Every rank computes the same order, so the shards are disjoint and cover ``todo``; a rank

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -15,37 +13,22 @@ import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
-from hipt.config import config_hash, save_resolved
 from hipt.errors import ConfigError, StaleOutputError
 from hipt.extract.config import ExtractConfig, validate
 from hipt.extract.datamodule import ExtractDataModule
 from hipt.extract.encoder import CompiledOrEager, RegionEncoder
 from hipt.extract.module import ExtractModule
-from hipt.extract.plan import (
-    EncoderInfo,
-    Plan,
-    SlideJob,
-    expected_meta,
-    load_jobs,
-    make_plan,
-)
+from hipt.extract.plan import EncoderInfo, Plan, expected_meta, make_plan
 from hipt.extract.writer import FeatureWriter, SlideResult, SlideStoreSink
 from hipt.features.schema import FeatureStoreMeta
-from hipt.io import atomic_write_json, clean_stale_tmp
-from hipt.lock import RunLock
-from hipt.provenance import RunInfo, git_state, sha256_file
-from hipt.tracking import create_logger, finish
+from hipt.models.runtime import resolve_precision
+from hipt.provenance import git_state, sha256_file
+from hipt.slides.tiles import SlideTiles, load_tiles, regions_file
+from hipt.stage import StageRun, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
 
 STAGE = "extract"
-# Settings that never change feature values (the feature-relevant ones go into each store's
-# own config_hash, see plan.EncoderInfo).
-NON_RESULT_KEYS = (
-    "tiles", "out", "num_workers", "reader_threads", "prefetch_regions", "regions_per_chunk",
-    "backend", "gpu_decode", "devices", "num_nodes", "accelerator", "strategy", "on_stale",
-    "overwrite", "compile", "compile_min_regions", "progress", "wandb",
-)  # fmt: skip
 # Lightning notices that are expected here (the stream batches itself; no sampler indices).
 QUIET_WARNINGS = (
     r"Couldn't infer the batch indices",
@@ -54,34 +37,6 @@ QUIET_WARNINGS = (
 )
 #: Parameters above which ``compile=auto`` may compile (tiny test models never are).
 COMPILE_MIN_PARAMS = 5_000_000
-
-
-def is_launch_rank_zero() -> bool:
-    """Whether this process is global rank 0 (DDP children and other nodes are not).
-
-    Known before the Trainer exists: Lightning starts children with ``LOCAL_RANK>0``, other
-    nodes run with ``NODE_RANK>0``, torchrun sets ``RANK`` and multi-task SLURM ``SLURM_PROCID``.
-    """
-    env = os.environ
-    if "RANK" in env:
-        return int(env["RANK"]) == 0
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env["SLURM_PROCID"]) == 0
-    node = int(env.get("NODE_RANK", env.get("GROUP_RANK", "0")))
-    return node == 0 and int(env.get("LOCAL_RANK", "0")) == 0
-
-
-def uses_cuda(accelerator: str) -> bool:
-    """Whether Lightning will run on CUDA for this accelerator setting."""
-    acc = accelerator.lower()
-    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
-
-
-def resolve_precision(cfg: ExtractConfig) -> str:
-    """``auto`` -> ``bf16-mixed`` on CUDA, ``32-true`` elsewhere (no fast bf16 on CPU)."""
-    if cfg.precision != "auto":
-        return "32-true" if cfg.precision == "32" else cfg.precision
-    return "bf16-mixed" if uses_cuda(cfg.accelerator) else "32-true"
 
 
 def _checkpoint_sha(path: str | None, what: str) -> str | None:
@@ -97,11 +52,8 @@ def build_encoders(cfg: ExtractConfig) -> tuple[nn.Module, nn.Module, EncoderInf
     from hipt.models import build
 
     torch.manual_seed(cfg.seed)
-    try:
-        vit256 = build(cfg.model_256, checkpoint=cfg.checkpoint256)
-        vit4k = build(cfg.model_4k, checkpoint=cfg.checkpoint4k)
-    except KeyError as exc:
-        raise ConfigError(str(exc).strip("'\"")) from None
+    vit256 = build(cfg.model_256, checkpoint=cfg.checkpoint256)
+    vit4k = build(cfg.model_4k, checkpoint=cfg.checkpoint4k)
     d256, d4k_in = int(vit256.embed_dim), int(vit4k.input_dim)
     if d256 != d4k_in:
         raise ConfigError(
@@ -146,7 +98,7 @@ def _want_compile(cfg: ExtractConfig, vit256: nn.Module, n_regions: int) -> bool
 
 def _summary(
     results: list[SlideResult],
-    skipped: list[SlideJob],
+    skipped: list[SlideTiles],
     stale: dict[str, str],
     extra: dict[str, Any],
 ) -> dict[str, Any]:
@@ -177,7 +129,7 @@ def _summary(
 
 def _predict(
     cfg: ExtractConfig,
-    jobs: list[SlideJob],
+    jobs: list[SlideTiles],
     metas: list[FeatureStoreMeta],
     plan: Plan,
     encoders: tuple[nn.Module, nn.Module],
@@ -192,7 +144,7 @@ def _predict(
         log.info("compiling %s with torch.compile", cfg.model_256)
         vit256 = CompiledOrEager(vit256)
     encoder = RegionEncoder(vit256, vit4k, pad_to=cfg.batch_size if compiled else None)
-    module = ExtractModule(encoder, cfg.skip_background, jobs[plan.todo[0]].patch_px)
+    module = ExtractModule(encoder, cfg.skip_background, jobs[plan.todo[0]].geometry.patch_px)
     data = ExtractDataModule(
         jobs, plan.todo, plan.fingerprint(jobs), cfg.batch_size, cfg.num_workers,
         cfg.reader_threads, cfg.prefetch_regions, cfg.skip_background, cfg.backend, cfg.gpu_decode,
@@ -238,79 +190,58 @@ def run(cfg: ExtractConfig) -> int:
     if not rank0:
         logging.getLogger("hipt").setLevel(logging.WARNING)
     out = Path(cfg.out)
-    jobs, tiling_hash = load_jobs(cfg.tiles)
+    tiles = load_tiles(cfg.tiles)
+    jobs = tiles.slides
     vit256, vit4k, info = build_encoders(cfg)
     if info.random_weights and rank0:
         _warn_random(info)
     sha, dirty = git_state()
     code_version = None if sha is None else f"{sha}{'-dirty' if dirty else ''}"
-    metas = [expected_meta(j, info, tiling_hash, code_version) for j in jobs]
-    plan = make_plan(jobs, metas, out, cfg.overwrite)
+    metas = [expected_meta(j, info, tiles.tiling_hash, code_version) for j in jobs]
+    plan = make_plan(jobs, metas, out, cfg.overwrite, verify=cfg.verify_stores)
     if plan.stale and cfg.on_stale == "error":
         raise StaleOutputError(
             f"{len(plan.stale)} store(s) in {out} were made with other settings ("
             + "; ".join(f"{k}: {v}" for k, v in list(plan.stale.items())[:3])
             + "); rerun with on_stale=recompute or use another OUT"
         )
-    precision = resolve_precision(cfg)
-    run_hash = config_hash(cfg, exclude=NON_RESULT_KEYS)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out) if rank0 else contextlib.nullcontext():
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    inputs = [regions_file(cfg.tiles), *(p for p in (cfg.checkpoint256, cfg.checkpoint4k) if p)]
+    with StageRun(STAGE, cfg, out, inputs=inputs, rank_zero=rank0) as run:
         if rank0:
-            for tmp in clean_stale_tmp(out):
-                log.info("removed %s left by an interrupted run", tmp.name)
-            save_resolved(cfg, out)
             for sid, reason in plan.stale.items():
                 log.warning("%s: existing store is stale, recomputing (%s)", sid, reason)
             n_todo = sum(jobs[i].n_regions for i in plan.todo)
             log.info(
-                "extract: %d slide(s): %d to encode (%d regions), %d complete and skipped",
-                len(jobs), len(plan.todo), n_todo, len(plan.skipped),
+                "extract: %d slide(s): %d to encode (%d regions), %d complete and skipped; "
+                "precision %s", len(jobs), len(plan.todo), n_todo, len(plan.skipped), precision,
             )  # fmt: skip
         t0 = time.perf_counter()
-        logger = create_logger(cfg.wandb, STAGE, out, cfg) if plan.todo else None
-        summary: dict[str, Any] = {}
-        try:
-            results: list[SlideResult] | None = []
-            if plan.todo:
-                results = _predict(cfg, jobs, metas, plan, (vit256, vit4k), precision, logger)
-            if results is None:  # a DDP child: rank 0 writes the summary
-                return 0
-            extra = {
-                "config_hash": run_hash,
-                "random_weights": info.random_weights,
-                "precision": precision,
-                "dtype": cfg.dtype,
-                "skip_background": cfg.skip_background,
-                "seconds": time.perf_counter() - t0,
-            }
-            skipped = [j for j in jobs if j.slide_id in set(plan.skipped)]
-            summary = _summary(results, skipped, plan.stale, extra)
-            _write_outputs(cfg, summary, info, precision, run_hash, logger)
-        finally:
-            finish(logger, ok=bool(summary) and not summary["failed"])
+        results: list[SlideResult] | None = []
+        if plan.todo:
+            encoders = (vit256, vit4k)
+            results = _predict(cfg, jobs, metas, plan, encoders, precision, run.logger)
+        if results is None:  # a DDP child: rank 0 writes the summary
+            return 0
+        extra = {
+            "config_hash": run.config_hash,
+            "random_weights": info.random_weights,
+            "precision": precision,
+            "dtype": cfg.dtype,
+            "skip_background": cfg.skip_background,
+            "seconds": time.perf_counter() - t0,
+        }
+        skipped = [j for j in jobs if j.slide_id in set(plan.skipped)]
+        summary = _summary(results, skipped, plan.stale, extra)
+        run.write_summary(summary)
+        if plan.todo:
+            totals = {f"total/{k}": v for k, v in summary["totals"].items() if v is not None}
+            run.logger.log_metrics(totals)
+        run.done({"totals": summary["totals"], "encoders": dataclasses.asdict(info),
+                  "precision": precision})  # fmt: skip
+        if summary["failed"]:
+            run.close_logger(ok=False)
     return _report(summary, out)
-
-
-def _write_outputs(
-    cfg: ExtractConfig,
-    summary: dict[str, Any],
-    info: EncoderInfo,
-    precision: str,
-    run_hash: str,
-    logger: Any,
-) -> None:
-    out = Path(cfg.out)
-    atomic_write_json(out / "summary.json", summary)
-    ckpts = [p for p in (cfg.checkpoint256, cfg.checkpoint4k) if p]
-    extra = {"totals": summary["totals"], "encoders": dataclasses.asdict(info),
-             "precision": precision}  # fmt: skip
-    RunInfo.collect(STAGE, run_hash, [Path(cfg.tiles) / "regions.parquet", *ckpts], extra).write(
-        out
-    )
-    if logger is not None:
-        totals = {f"total/{k}": v for k, v in summary["totals"].items() if v is not None}
-        logger.log_metrics(totals)
 
 
 def _report(summary: dict[str, Any], out: Path) -> int:

@@ -15,9 +15,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm import tqdm
 
 from hipt.extract.module import EncodedRegions
-from hipt.extract.plan import SlideJob, store_path
 from hipt.features.schema import FeatureStoreMeta
-from hipt.features.store import StoreWriter
+from hipt.features.store import StoreWriter, store_path
+from hipt.slides.tiles import SlideTiles
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class SlideStoreSink:
     def __init__(
         self,
         out: Path,
-        jobs: Sequence[SlideJob],
+        jobs: Sequence[SlideTiles],
         metas: Sequence[FeatureStoreMeta],
         regions_per_chunk: int = 1,
         on_done: Callable[[SlideResult], None] | None = None,

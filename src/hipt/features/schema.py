@@ -5,7 +5,24 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-SCHEMA_VERSION = 1
+from hipt.slides.geometry import SlideGeometry
+
+#: v2: slide geometry (MPP and its source, read level/size, level-0 size) and crc32c checksums.
+SCHEMA_VERSION = 2
+
+#: What a model trained on stores depends on: stores of one cohort must agree on these, and a
+#: model applied to new stores (predict, heatmap) needs the same values.
+PROVENANCE_KEYS = (
+    "model_256",
+    "checkpoint_256_sha256",
+    "feature_dim_256",
+    "model_4k",
+    "checkpoint_4k_sha256",
+    "feature_dim_4k",
+    "target_mpp",
+    "region_px",
+    "patch_px",
+)
 
 
 @dataclasses.dataclass
@@ -26,6 +43,14 @@ class FeatureStoreMeta:
         target_mpp: microns per pixel the regions were read at.
         region_px: region side at ``target_mpp`` (4096).
         patch_px: patch side at ``target_mpp`` (256).
+        slide_mpp: level-0 µm/px of the slide as tiling used it.
+        mpp_source: where ``slide_mpp`` came from (file metadata, ``override``, ``manifest``).
+        slide_width: level-0 width of the slide.
+        slide_height: level-0 height of the slide.
+        read_level: pyramid level the regions were read at.
+        read_size: square side read at ``read_level`` (resized to ``region_px``).
+        read_downsample: level-0 pixels per ``read_level`` pixel.
+        backend: reader backend that tiled the slide.
         tiling_config_hash: hash of the tiling settings that chose the regions.
         dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
         skip_background: True when empty patches got the blank-patch feature.
@@ -50,6 +75,14 @@ class FeatureStoreMeta:
     target_mpp: float
     region_px: int
     patch_px: int
+    slide_mpp: float
+    mpp_source: str
+    slide_width: int
+    slide_height: int
+    read_level: int
+    read_size: int
+    read_downsample: float
+    backend: str
     tiling_config_hash: str
     dtype: str = "float16"
     skip_background: bool = False
@@ -59,6 +92,47 @@ class FeatureStoreMeta:
     n_regions: int = 0
     complete: bool = False
     schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def geometry_fields(cls, geometry: SlideGeometry) -> dict[str, Any]:
+        """The store fields that record ``geometry`` (pass them on to the constructor)."""
+        return {
+            "slide_id": geometry.slide_id,
+            "source_path": geometry.path,
+            "target_mpp": geometry.target_mpp,
+            "region_px": geometry.region_px,
+            "patch_px": geometry.patch_px,
+            "slide_mpp": geometry.mpp,
+            "mpp_source": geometry.mpp_source,
+            "slide_width": geometry.width,
+            "slide_height": geometry.height,
+            "read_level": geometry.read_level,
+            "read_size": geometry.read_size,
+            "read_downsample": geometry.read_downsample,
+            "backend": geometry.backend,
+        }
+
+    def geometry(self) -> SlideGeometry:
+        """How the store's slide was read (the tile stage's record, carried along)."""
+        return SlideGeometry(
+            slide_id=self.slide_id,
+            path=self.source_path,
+            backend=self.backend,
+            width=self.slide_width,
+            height=self.slide_height,
+            mpp=self.slide_mpp,
+            mpp_source=self.mpp_source,
+            read_level=self.read_level,
+            read_size=self.read_size,
+            read_downsample=self.read_downsample,
+            target_mpp=self.target_mpp,
+            region_px=self.region_px,
+            patch_px=self.patch_px,
+        )
+
+    def provenance(self) -> dict[str, Any]:
+        """The :data:`PROVENANCE_KEYS` values (what a model trained on this store relies on)."""
+        return {k: getattr(self, k) for k in PROVENANCE_KEYS}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for the Zarr attributes."""

@@ -1,28 +1,57 @@
-"""Zarr v3 store per slide: write under a temporary name, rename when complete, verify on open."""
+"""Zarr v3 store per slide: write under a temporary name, rename when complete, verify on open.
+
+Every array chunk carries a crc32c checksum (Zarr v3's ``crc32c`` codec), so a damaged chunk (a
+disk fault, a partial copy) is detected when it is read; readers turn that, and any other
+decode failure, into one :class:`~hipt.errors.DamagedStoreError` line naming the store and the
+fix.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
-from hipt.errors import HiptError, StaleOutputError
+from hipt.errors import DamagedStoreError, HiptError, StaleOutputError, one_line
 from hipt.features.schema import SCHEMA_VERSION, FeatureStoreMeta
 from hipt.io import TMP_SUFFIX, remove_path, tmp_path_for
+from hipt.slides.inputs import strip_slide_suffix
+from hipt.slides.regions import GRID
 
-GRID = 16
 PATCHES = GRID * GRID
 DTYPES = ("float16", "float32")
+ARRAYS = ("feats256", "feats4k", "coords", "patch_mask")
+STORE_SUFFIX = ".zarr"
+R = TypeVar("R")
 
 
-def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
+def _codecs() -> dict[str, Any]:
+    return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]}
+
+
+def store_path(folder: str | Path, slide_id: str) -> Path:
+    """``folder/<slide_id>.zarr``: where a slide's store is written."""
+    return Path(folder) / f"{slide_id}{STORE_SUFFIX}"
+
+
+def find_store(folder: str | Path, slide_id: str) -> Path:
+    """The store of ``slide_id`` in ``folder``, also when the id carries a slide-file suffix.
+
+    Official HIPT cohort CSVs list ``<uuid>.svs``; their stores are ``<uuid>.zarr``. Returns
+    :func:`store_path` when neither exists.
+    """
+    path = store_path(folder, slide_id)
+    stem = strip_slide_suffix(slide_id)
+    if not path.exists() and stem is not None and store_path(folder, stem).exists():
+        return store_path(folder, stem)
+    return path
 
 
 class StoreWriter:
@@ -57,16 +86,17 @@ class StoreWriter:
         group = zarr.open_group(str(self.tmp), mode="w")
         rc = max(1, min(regions_per_chunk, max(m, 1)))
         d256, d4k = meta.feature_dim_256, meta.feature_dim_4k
-        kw: dict[str, Any] = {"compressors": _compressor(), "fill_value": 0}
+        kw: dict[str, Any] = {**_codecs(), "fill_value": 0}
         self.feats256 = group.create_array(
             "feats256", shape=(m, PATCHES, d256), chunks=(rc, PATCHES, d256), dtype=meta.dtype, **kw
         )
         self.feats4k = group.create_array(
             "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=meta.dtype, **kw
         )
-        group.create_array("coords", data=np.asarray(coords, dtype=np.int64).reshape(m, 2))
+        coords = np.asarray(coords, dtype=np.int64).reshape(m, 2)
+        group.create_array("coords", data=coords, **_codecs())
         mask = np.asarray(patch_mask, dtype=bool).reshape(m, PATCHES)
-        group.create_array("patch_mask", data=mask)
+        group.create_array("patch_mask", data=mask, **_codecs())
         group.attrs.update(self.meta.to_dict())
         self.group = group
         self._feats4k = np.zeros((m, d4k), dtype=np.float32)
@@ -88,19 +118,26 @@ class StoreWriter:
         self.feats4k[:] = self._feats4k.astype(self.meta.dtype)
         now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         self.group.attrs.update({"complete": True, "created_at": now})
-        # Swap: the old store is moved aside first, so there is always one complete store or
-        # none at ``path``, never a half-deleted one.
-        old = self.path.with_name(f".{self.path.name}.old{TMP_SUFFIX}")
-        if self.path.exists():
-            remove_path(old)
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        remove_path(old)
+        replace_store(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
         """Drop the temporary store."""
         remove_path(self.tmp)
+
+
+def replace_store(src: Path, dst: Path) -> None:
+    """Move the complete store ``src`` to ``dst``, replacing any store there.
+
+    The old store is moved aside first, so there is always one complete store or none at
+    ``dst``, never a half-deleted one.
+    """
+    old = dst.with_name(f".{dst.name}.old{TMP_SUFFIX}")
+    if dst.exists():
+        remove_path(old)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    remove_path(old)
 
 
 def write_store(
@@ -123,7 +160,11 @@ def write_store(
 
 
 class FeatureStore:
-    """Read access to a complete, verified store (see :func:`open_store`)."""
+    """Read access to a complete, verified store (see :func:`open_store`).
+
+    Every read raises :class:`~hipt.errors.DamagedStoreError` (one line naming the store and the
+    fix) when a chunk fails its checksum or cannot be decoded.
+    """
 
     def __init__(self, path: Path, group: zarr.Group, meta: FeatureStoreMeta) -> None:
         self.path = path
@@ -140,24 +181,49 @@ class FeatureStore:
         """Number of regions ``M``."""
         return self.meta.n_regions
 
+    def _guard(self, name: str, read: Callable[[], R]) -> R:
+        try:
+            return read()
+        except Exception as exc:  # noqa: BLE001 - codec errors come as many types
+            raise damaged(self.path, name, exc) from None
+
     def feats256(self, index: Any = slice(None)) -> np.ndarray:
         """``[M,256,D256]`` float32 ViT-256 CLS features, row-major; ``index`` picks regions."""
+        arr = self.group["feats256"]
         if isinstance(index, np.ndarray):
             index = np.sort(index) if index.dtype != bool else np.flatnonzero(index)
-            return np.asarray(self.group["feats256"].get_orthogonal_selection((index,)), np.float32)
-        return np.asarray(self.group["feats256"][index], dtype=np.float32)
+            sel = (index,)
+            return self._guard("feats256", lambda: np.asarray(arr.get_orthogonal_selection(sel),
+                                                              np.float32))  # fmt: skip
+        return self._guard("feats256", lambda: np.asarray(arr[index], dtype=np.float32))
 
     def feats4k(self) -> np.ndarray:
         """``[M,D4k]`` float32 ViT-4K CLS features."""
-        return np.asarray(self.group["feats4k"][:], dtype=np.float32)
+        return self._guard("feats4k", lambda: np.asarray(self.group["feats4k"][:], np.float32))
 
     def coords(self) -> np.ndarray:
         """``[M,2]`` int64 level-0 top-left (x, y) of each region."""
-        return np.asarray(self.group["coords"][:])
+        return self._guard("coords", lambda: np.asarray(self.group["coords"][:]))
 
     def patch_mask(self) -> np.ndarray:
         """``[M,256]`` bool tissue mask of each region's patches (row-major)."""
-        return np.asarray(self.group["patch_mask"][:], dtype=bool)
+        return self._guard("patch_mask", lambda: np.asarray(self.group["patch_mask"][:], bool))
+
+    def verify(self) -> None:
+        """Decode every chunk of every array once (checksums included); raises if one fails."""
+        for name in ARRAYS:
+            arr = self.group[name]
+            step = arr.chunks[0]
+            for start in range(0, max(arr.shape[0], 1), step):
+                self._guard(name, lambda a=arr, s=start, n=step: a[s : s + n])  # type: ignore[misc]
+
+
+def damaged(path: Path, name: str, exc: BaseException) -> DamagedStoreError:
+    """The one-line error of a store whose ``name`` array cannot be read."""
+    return DamagedStoreError(
+        f"{path}: damaged feature store ({name}: {one_line(exc)}); re-extract it: "
+        "`make extract-features` recomputes damaged stores"
+    )
 
 
 def read_meta(path: str | Path) -> FeatureStoreMeta | None:
@@ -166,7 +232,10 @@ def read_meta(path: str | Path) -> FeatureStoreMeta | None:
         group = zarr.open_group(str(path), mode="r")
     except Exception:  # noqa: BLE001 - any unreadable store counts as absent
         return None
-    return FeatureStoreMeta.from_dict(dict(group.attrs))
+    try:
+        return FeatureStoreMeta.from_dict(dict(group.attrs))
+    except StaleOutputError as err:
+        raise StaleOutputError(f"{path}: {err}") from None
 
 
 def mismatches(meta: FeatureStoreMeta, expect: dict[str, Any]) -> list[str]:
@@ -186,16 +255,19 @@ def mismatches(meta: FeatureStoreMeta, expect: dict[str, Any]) -> list[str]:
     return out
 
 
-def needs_recompute(path: str | Path, expect: dict[str, Any] | None = None) -> str | None:
+def needs_recompute(
+    path: str | Path, expect: dict[str, Any] | None = None, verify: bool = False
+) -> str | None:
     """Why the store at ``path`` cannot be reused; ``None`` when it is complete and matches.
 
     Args:
         path: ``<slide_id>.zarr`` folder.
         expect: metadata values the store must have (as in :func:`open_store`).
+        verify: also decode every chunk (checksums), so a damaged store is recomputed.
 
     Returns:
-        ``None``, ``"absent"``, ``"unreadable"``, ``"incomplete"``, a schema note, or the
-        ``key: store has X, expected Y`` mismatches joined by ``"; "``.
+        ``None``, ``"absent"``, ``"unreadable"``, ``"incomplete"``, a schema note, the
+        ``key: store has X, expected Y`` mismatches joined by ``"; "``, or ``"damaged: ..."``.
     """
     path = Path(path)
     if not (path / "zarr.json").is_file():
@@ -211,7 +283,14 @@ def needs_recompute(path: str | Path, expect: dict[str, Any] | None = None) -> s
     if meta.schema_version != SCHEMA_VERSION:
         return f"schema_version: store has {meta.schema_version}, expected {SCHEMA_VERSION}"
     bad = mismatches(meta, expect or {})
-    return "; ".join(bad) if bad else None
+    if bad:
+        return "; ".join(bad)
+    if verify:
+        try:
+            open_store(path).verify()
+        except DamagedStoreError as err:
+            return f"damaged: {err}"
+    return None
 
 
 def open_store(path: str | Path, expect: dict[str, Any] | None = None) -> FeatureStore:

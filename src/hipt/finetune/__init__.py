@@ -1,7 +1,9 @@
-"""Slide-level finetuning: cohort validation, patient-level CV, tasks, training and reports."""
+"""Slide-level finetuning: cohort validation, patient-level CV, tasks, training and reports.
+
+The stage itself is :func:`hipt.finetune.runner.run_finetune` (imported on use: it loads
+plotting and training libraries).
+"""
 
 from hipt.finetune.config import FinetuneConfig
-from hipt.finetune.runner import run_finetune
-from hipt.finetune.tasks import TASKS, build_task
 
-__all__ = ["TASKS", "FinetuneConfig", "build_task", "run_finetune"]
+__all__ = ["FinetuneConfig"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,25 +13,12 @@ from typing import Any
 import pandas as pd
 
 from hipt.errors import HiptError
-from hipt.features import FeatureStoreMeta, open_store
+from hipt.features import PROVENANCE_KEYS, FeatureStoreMeta, find_store, open_store
 
 log = logging.getLogger(__name__)
 
-#: Slide-file suffixes stripped from ``slide_id`` when no store has the full name (official
-#: HIPT CSVs list ``<uuid>.svs``).
-SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".bif", ".czi")
 #: Store metadata that every slide of one cohort must share (else features are not comparable).
-SHARED_META = (
-    "model_256",
-    "checkpoint_256_sha256",
-    "feature_dim_256",
-    "model_4k",
-    "checkpoint_4k_sha256",
-    "feature_dim_4k",
-    "target_mpp",
-    "region_px",
-    "patch_px",
-)
+SHARED_META = PROVENANCE_KEYS
 PATIENT_ALIASES = ("case_id",)
 _MAX_ROWS_SHOWN = 12
 
@@ -123,8 +111,14 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     return df
 
 
-def _rows(index: Iterable[int]) -> list[int]:
+def rows_of(index: Iterable[int]) -> list[int]:
+    """CSV rows (header = row 1) of 0-based data indices, sorted."""
     return sorted(row_number(i) for i in index)
+
+
+def is_missing(value: Any) -> bool:
+    """Whether a cohort cell is empty (None, NaN or blank text)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
 def check_ids(df: pd.DataFrame) -> list[Problem]:
@@ -142,23 +136,11 @@ def check_ids(df: pd.DataFrame) -> list[Problem]:
     for col in ("slide_id", "patient_id"):
         empty = df.index[df[col].isna() | (df[col] == "")]
         if len(empty):
-            problems.append(Problem(_rows(empty), f"empty {col}"))
+            problems.append(Problem(rows_of(empty), f"empty {col}"))
     dup = df[df["slide_id"].notna() & df["slide_id"].duplicated(keep=False)]
     for slide_id, group in dup.groupby("slide_id", sort=True):
-        problems.append(Problem(_rows(group.index), f"duplicate slide_id '{slide_id}'"))
+        problems.append(Problem(rows_of(group.index), f"duplicate slide_id '{slide_id}'"))
     return problems
-
-
-def store_path(features: Path, slide_id: str) -> Path:
-    """``features/<slide_id>.zarr``, falling back to the id without a slide-file suffix."""
-    path = features / f"{slide_id}.zarr"
-    if not path.exists():
-        for suffix in SLIDE_SUFFIXES:
-            if slide_id.lower().endswith(suffix):
-                alt = features / f"{slide_id[: -len(suffix)]}.zarr"
-                if alt.exists():
-                    return alt
-    return path
 
 
 def check_stores(
@@ -178,23 +160,23 @@ def check_stores(
     for idx, slide_id in df["slide_id"].items():
         if not isinstance(slide_id, str) or not slide_id:
             continue
-        path = store_path(features, slide_id)
+        path = find_store(features, slide_id)
         if not path.exists():
             unknown.append(idx)
             continue
         try:
             store = open_store(path, expect=expect)
         except HiptError as exc:
-            problems.append(Problem(_rows([idx]), f"slide '{slide_id}': {exc}"))
+            problems.append(Problem(rows_of([idx]), f"slide '{slide_id}': {exc}"))
             continue
         if store.n_regions == 0:
-            problems.append(Problem(_rows([idx]), f"slide '{slide_id}': store has no regions"))
+            problems.append(Problem(rows_of([idx]), f"slide '{slide_id}': store has no regions"))
             continue
         metas[idx], paths[idx] = store.meta, path
     if unknown:
         problems.append(
             Problem(
-                _rows(unknown),
+                rows_of(unknown),
                 f"unknown slide id(s) (no <slide_id>.zarr in {features}): {_ids(df, unknown)}",
             )
         )
@@ -221,7 +203,7 @@ def _check_consistent(df: pd.DataFrame, metas: dict[int, FeatureStoreMeta]) -> l
     want = ", ".join(f"{n}={common[SHARED_META.index(n)]!r}" for n in names)
     return [
         Problem(
-            _rows(odd),
+            rows_of(odd),
             f"feature stores made with other settings ({', '.join(have)}) "
             f"than the majority ({want}); re-extract them",
         )
@@ -248,14 +230,14 @@ def group_patients(
             shown = "; ".join(f"{c}: {' / '.join(map(str, rows[c].unique()))}" for c in differ)
             problems.append(
                 Problem(
-                    _rows(group.index), f"patient '{patient_id}' has conflicting labels ({shown})"
+                    rows_of(group.index), f"patient '{patient_id}' has conflicting labels ({shown})"
                 )
             )
             continue
         rec = {
             "patient_id": patient_id,
             "slide_ids": tuple(group["slide_id"]),
-            "rows": tuple(_rows(group.index)),
+            "rows": tuple(rows_of(group.index)),
         }
         rec.update(labels.iloc[0].to_dict())
         records.append(rec)
@@ -290,7 +272,7 @@ def load_cohort(
     # Patients are formed from every row with readable ids and labels, so that conflicts and
     # class sizes describe the labels as written even when a row's store is broken.
     label_bad = {r for p in label_problems for r in p.rows}
-    label_bad |= set(_rows(df.index[df["slide_id"].isna() | df["patient_id"].isna()]))
+    label_bad |= set(rows_of(df.index[df["slide_id"].isna() | df["patient_id"].isna()]))
     labelled = df.assign(**{c: labels[c] for c in labels.columns})
     labelled = labelled[[row_number(i) not in label_bad for i in labelled.index]]
     patients, conflict_problems = group_patients(labelled, list(labels.columns), df)

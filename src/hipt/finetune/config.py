@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hipt.config import WandbConfig
+from hipt.config import WandbConfig, non_result
 
 INPUTS = ("auto", "feats256", "feats4k")
 SELECT = ("last", "best_val")
@@ -82,7 +82,7 @@ class DataConfig:
     max_regions: int | None = None
     balanced_sampling: bool = True
     cache_gb: float = 4.0
-    num_workers: int = 0
+    num_workers: int = non_result(0)
     encode_once: bool = True
 
 
@@ -124,7 +124,7 @@ class TrainConfig:
         early_stopping_patience: stop after this many epochs without improvement; null = off.
         progress_bar: show Lightning's progress bar.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
-        precision: Lightning precision (``32-true``; ``bf16-mixed`` on recent GPUs).
+        precision: Lightning precision; ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` on CPU.
         cpu_threads: torch intra-op threads (``torch.set_num_threads``); null = torch's default.
             1 is fastest for tiny models and on a busy machine.
     """
@@ -136,10 +136,10 @@ class TrainConfig:
     select: str = "last"
     monitor: str | None = None
     early_stopping_patience: int | None = None
-    progress_bar: bool = False
+    progress_bar: bool = non_result(False)
     accelerator: str = "auto"
-    precision: str = "32-true"
-    cpu_threads: int | None = None
+    precision: str = "auto"
+    cpu_threads: int | None = non_result(None)
 
 
 @dataclass
@@ -168,19 +168,14 @@ class FinetuneConfig:
     task: str = "???"
     cohort: str = "???"
     features: str = "???"
-    out: str = "???"
+    out: str = non_result("???")
     expect_checkpoint_4k: str | None = None
     shuffle_labels: bool = False
     seed: int = 1
-    overwrite: bool = False
+    overwrite: bool = non_result(False)
     model: ModelConfig = field(default_factory=ModelConfig)
     target: TargetConfig = field(default_factory=TargetConfig)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-#: Top-level keys that do not change results; excluded from the config hash so that a rerun
-#: with other logging or paths still recognises its finished folds.
-HASH_EXCLUDE = ("out", "overwrite", "wandb")
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)

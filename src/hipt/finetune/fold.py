@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,9 +24,14 @@ from hipt.finetune.module import SlideTaskModule
 from hipt.finetune.selection import SelectBest
 from hipt.finetune.slide_model import ModelPlan, build_model, fit_scaler
 from hipt.finetune.tasks import Task
-from hipt.io import atomic_write_json, atomic_write_text, tmp_path_for
+from hipt.io import atomic_write_json, atomic_write_text
+from hipt.models import export_model
+from hipt.models.runtime import resolve_precision
 
 log = logging.getLogger(__name__)
+
+#: The fold's model: weights + card (``model.json``), the one export format.
+MODEL_FILE = "model.safetensors"
 
 
 @dataclass
@@ -75,7 +79,7 @@ def _trainer(
     return L.Trainer(
         accelerator=t.accelerator,
         devices=1,
-        precision=t.precision,  # type: ignore[arg-type]
+        precision=resolve_precision(t.precision, t.accelerator),  # type: ignore[arg-type]
         max_epochs=t.max_epochs,
         accumulate_grad_batches=t.accumulate_grad_batches,
         # CUDA has no deterministic cumsum backward (used by the survival NLL): warn there.
@@ -115,11 +119,13 @@ def train_fold(
     meta: FeatureStoreMeta,
     out: Path,
     logger: WandbLogger | None,
+    chash: str = "",
 ) -> FoldResult:
     """Fit fold ``k`` (seed ``cfg.seed + k``), predict its test part, write its outputs.
 
-    Writes ``out/fold_<k>/predictions.csv`` and ``model.ckpt``; the caller writes ``done.json``
-    last (:func:`write_done`), which marks the fold finished.
+    Writes ``out/fold_<k>/predictions.csv`` and the model (``model.safetensors`` + its card
+    ``model.json``, loaded by :func:`hipt.models.load`); the caller writes ``done.json`` last
+    (:func:`write_done`), which marks the fold finished.
     """
     start = time.perf_counter()
     seed = cfg.seed + k
@@ -146,14 +152,7 @@ def train_fold(
     model = build_model(plan, meta)
     # whole training bags, in patient order: the fit depends on the fold only
     scaler_rows = fit_scaler(model, (reader.read(p) for p in split["train"]["patient_id"]))
-    info = {
-        "model_name": plan.name,
-        "model_kwargs": plan.kwargs,
-        "input": plan.kind,
-        "fold": k,
-        "seed": seed,
-    }
-    module = SlideTaskModule(model, task, cfg.train.lr, cfg.train.weight_decay, info)
+    module = SlideTaskModule(model, task, cfg.train.lr, cfg.train.weight_decay)
     selector = None
     if cfg.train.select == "best_val" or cfg.train.early_stopping_patience:
         monitor = cfg.train.monitor or task.default_monitor
@@ -172,9 +171,16 @@ def train_fold(
     fold_dir = out / f"fold_{k}"
     fold_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fold_dir / "predictions.csv", frame.to_csv(index=False))
-    tmp = tmp_path_for(fold_dir / "model.ckpt")
-    trainer.save_checkpoint(tmp)
-    os.replace(tmp, fold_dir / "model.ckpt")
+    export_model(
+        model,
+        fold_dir / MODEL_FILE,
+        consumes=plan.kind,
+        output=task.state(),
+        trained_on=meta.provenance(),
+        meta={"stage": "finetune", "task": cfg.task, "fold": k, "seed": seed,
+              "config_hash": chash},  # fmt: skip
+        overwrite=True,
+    )
     runtime = time.perf_counter() - start
     fold_info = {
         "n_train": len(split["train"]),

@@ -1,11 +1,13 @@
-"""Evaluation metrics: torchmetrics for classification, a vectorised Harrell's C for survival."""
+"""Evaluation metrics: torchmetrics and scikit-learn for classification, Harrell's C for survival."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score
 from torch import Tensor
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -60,12 +62,19 @@ def confusion(pred: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
     return cm.numpy()
 
 
-def balanced_accuracy(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:
-    """Mean recall over the classes present in ``y`` (scikit-learn's definition)."""
-    cm = confusion(pred, y, n_classes).astype(float)
-    support = cm.sum(1)
-    present = support > 0
-    return float(np.mean(np.diag(cm)[present] / support[present])) if present.any() else NAN
+def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y`` (scikit-learn's ``balanced_accuracy_score``).
+
+    A predicted class that never occurs in ``y`` counts against the others' recall only, and a
+    fold with one class present scores that class's recall; scikit-learn's warnings about both
+    are expected here and silenced.
+    """
+    if len(y) == 0:
+        return NAN
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found")
+        return float(balanced_accuracy_score(np.asarray(y).astype(int), np.asarray(pred).astype(int)))
 
 
 def f1_macro(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import lightning as L
 import torch
@@ -31,12 +30,10 @@ class SlideTaskModule(L.LightningModule):
         task: Task,
         lr: float = 2e-4,
         weight_decay: float = 1e-5,
-        info: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model, self.task = model, task
         self.lr, self.weight_decay = lr, weight_decay
-        self.info = dict(info or {})
         self._val_logits: list[Tensor] = []
         self._val_targets: list[Tensor] = []
         self._train_loss, self._train_bags = torch.zeros(()), 0
@@ -96,7 +93,3 @@ class SlideTaskModule(L.LightningModule):
         # foreach: one fused update over all parameter tensors (the per-tensor loop dominated
         # the step time of small heads on CPU); the same Adam update.
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, foreach=True)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the rebuild facts and the task state next to the weights."""
-        checkpoint["hipt"] = {**self.info, "task_state": self.task.state()}

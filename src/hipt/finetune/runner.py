@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,34 +12,28 @@ import pandas as pd
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from hipt.config import save_resolved, to_container
 from hipt.errors import ConfigError, StaleOutputError
 from hipt.finetune import plots
 from hipt.finetune.cohort import Cohort, load_cohort
-from hipt.finetune.config import HASH_EXCLUDE, SELECT, FinetuneConfig
+from hipt.finetune.config import SELECT, FinetuneConfig
 from hipt.finetune.datamodule import BagReader
 from hipt.finetune.fold import FoldResult, read_done, train_fold, write_done
 from hipt.finetune.metrics import confusion
-from hipt.finetune.slide_model import ModelPlan, checkpoint_sha, frozen_region_encoder, plan_model
+from hipt.finetune.slide_model import (
+    ModelPlan,
+    checkpoint_sha,
+    frozen_region_encoder,
+    has_region_encoder,
+    plan_model,
+)
 from hipt.finetune.splits import load_or_make_folds
 from hipt.finetune.tasks import Task, build_task
-from hipt.io import atomic_write_text, clean_stale_tmp
-from hipt.lock import RunLock
-from hipt.provenance import RunInfo
-from hipt.tracking import create_logger, finish, resolve_mode
+from hipt.io import atomic_write_text
+from hipt.stage import StageRun
+from hipt.tracking import finish, resolve_mode
 
 log = logging.getLogger(__name__)
 STAGE = "finetune"
-
-
-def finetune_hash(cfg: FinetuneConfig) -> str:
-    """sha256 of every setting that changes results (not paths, logging, workers, progress)."""
-    data = {k: v for k, v in to_container(cfg).items() if k not in HASH_EXCLUDE}
-    data["data"].pop("num_workers", None)
-    for key in ("progress_bar", "cpu_threads"):
-        data["train"].pop(key, None)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def check_config(cfg: FinetuneConfig) -> None:
@@ -79,10 +71,10 @@ def _load(cfg: FinetuneConfig, task: Task) -> Cohort:
     return load_cohort(cfg.cohort, cfg.features, task.read_labels, expect, strata_check)
 
 
-def _fold_logger(cfg: FinetuneConfig, out: Path, name: str, group: str) -> WandbLogger | None:
-    if resolve_mode(cfg.wandb) == "disabled":
+def _fold_logger(run: StageRun, name: str, group: str) -> WandbLogger | None:
+    if resolve_mode(run.cfg.wandb) == "disabled":
         return None
-    return create_logger(cfg.wandb, STAGE, out, run_config=cfg, name=name, group=group)
+    return run.new_logger(name=name, group=group)
 
 
 def summarize(results: list[FoldResult]) -> pd.DataFrame:
@@ -150,15 +142,16 @@ def _bag_reader(
 
 
 def _run_folds(
-    cfg: FinetuneConfig, task: Task, cohort: Cohort, out: Path, chash: str, group: str
+    cfg: FinetuneConfig, task: Task, cohort: Cohort, run: StageRun, group: str
 ) -> list[FoldResult]:
+    out, chash = run.out, run.config_hash
     patients = cohort.patients
     if cfg.shuffle_labels:
         patients = shuffle_labels(patients, task.label_columns, cfg.seed)
         log.info("shuffle_labels=true: labels permuted across patients (negative control)")
     plan = plan_model(cfg.model, cohort.meta, task.n_outputs)
     log.info("model %s: %s", plan.name, plan.reason)
-    if plan.name.startswith("hipt_lgp") and cfg.model.freeze_4k and not cfg.model.checkpoint_4k:
+    if has_region_encoder(plan.name) and cfg.model.freeze_4k and not cfg.model.checkpoint_4k:
         log.warning(
             "hipt_lgp with a frozen *random* ViT-4K: set model.checkpoint_4k to the "
             "ViT-4K weights (the stores' own give the fast feats4k path)"
@@ -189,11 +182,11 @@ def _run_folds(
             raise StaleOutputError(
                 f"{out}/fold_{k} was made with another config; use overwrite=true or another out="
             )
-        logger = _fold_logger(cfg, out, f"{group}-fold{k}", group)
+        logger = _fold_logger(run, f"{group}-fold{k}", group)
         ok = False
         try:
             result = train_fold(
-                k, cfg, task, patients, fold, reader, plan, cohort.meta, out, logger
+                k, cfg, task, patients, fold, reader, plan, cohort.meta, out, logger, chash
             )
             write_done(out, result, chash)
             ok = True
@@ -209,32 +202,24 @@ def run_finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     if cfg.train.cpu_threads:
         torch.set_num_threads(cfg.train.cpu_threads)
     task = build_task(cfg.task, cfg.target)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        clean_stale_tmp(out)
-        cohort = _load(cfg, task)
-        chash = finetune_hash(cfg)
-        group = cfg.wandb.group or f"{STAGE}-{cfg.task}-{cfg.model.name}-{chash[:8]}"
-        results = _run_folds(cfg, task, cohort, out, chash, group)
+    inputs = [cfg.cohort, cfg.features]
+    with StageRun(STAGE, cfg, cfg.out, inputs=inputs, defer_start=True) as run:
+        cohort = _load(cfg, task)  # a bad cohort stops here, before a file of the folder changes
+        run.start()
+        group = cfg.wandb.group or f"{STAGE}-{cfg.task}-{cfg.model.name}-{run.config_hash[:8]}"
+        results = _run_folds(cfg, task, cohort, run, group)
         summary = summarize(results)
-        atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
-        made = make_plots(task, [r.predictions for r in results], out)
-        save_resolved(cfg, out)
-        RunInfo.collect(
-            STAGE,
-            chash,
-            inputs=[cfg.cohort, cfg.features],
-            extra={
-                "task": cfg.task,
-                "n_patients": len(cohort.patients),
-                "n_slides": len(cohort.slides),
-                "classes": task.classes,
-                "wandb_group": group,
-                "shuffle_labels": cfg.shuffle_labels,
-            },
-        ).write(out)
-        logger = _fold_logger(cfg, out, f"{group}-summary", group)
+        atomic_write_text(run.out / "summary.csv", summary.to_csv(index=False))
+        made = make_plots(task, [r.predictions for r in results], run.out)
+        run.done({
+            "task": cfg.task,
+            "n_patients": len(cohort.patients),
+            "n_slides": len(cohort.slides),
+            "classes": task.classes,
+            "wandb_group": group,
+            "shuffle_labels": cfg.shuffle_labels,
+        })  # fmt: skip
+        logger = _fold_logger(run, f"{group}-summary", group)
         if logger is not None:
             logger.log_table(key="summary", dataframe=summary)
             for key, path in made.items():
@@ -243,12 +228,6 @@ def run_finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     means = summary[summary["fold"] == "mean"].iloc[0]
     stds = summary[summary["fold"] == "std"].iloc[0]
     text = ", ".join(f"{m}={means[m]:.3f}±{stds[m]:.3f}" for m in results[0].metrics)
-    log.info(
-        "finetune %s on %d patients, %d folds: %s -> %s",
-        cfg.task,
-        len(cohort.patients),
-        len(results),
-        text,
-        out,
-    )
+    log.info("finetune %s on %d patients, %d folds: %s -> %s", cfg.task, len(cohort.patients),
+             len(results), text, run.out)  # fmt: skip
     return summary

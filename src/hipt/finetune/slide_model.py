@@ -15,7 +15,8 @@ from torch import Tensor, nn
 from hipt.errors import ConfigError, HiptError
 from hipt.features import FeatureStoreMeta
 from hipt.finetune.config import INPUTS, ModelConfig
-from hipt.models import CheckpointError, build, sha256_file
+from hipt.models import FEATS256, SLIDE_HEAD, CheckpointError, build, model_spec
+from hipt.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ class ModelPlan:
     reason: str
 
 
-def _is_lgp(name: str) -> bool:
-    return name.startswith("hipt_lgp")
+def has_region_encoder(name: str) -> bool:
+    """Whether the slide head ``name`` embeds its own ViT-4K (its registry declaration)."""
+    return model_spec(name).region_encoder
 
 
 def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> ModelPlan:
@@ -62,10 +64,14 @@ def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> Mode
     """
     if cfg.input not in INPUTS:
         raise ConfigError(f"model.input must be one of {INPUTS}, got '{cfg.input}'")
+    spec = model_spec(cfg.name)
+    if spec.kind != SLIDE_HEAD:
+        raise ConfigError(f"model.name '{cfg.name}' is a {spec.kind.replace('_', ' ')}, not a "
+                          "slide head; finetune trains slide heads (hipt_lgp, abmil, meanpool)")  # fmt: skip
     kwargs: dict[str, Any] = {"n_classes": n_outputs, "dropout": cfg.dropout, **cfg.kwargs}
     if cfg.standardize:
         kwargs["standardize"] = True
-    if not _is_lgp(cfg.name):
+    if not spec.region_encoder:
         if cfg.checkpoint_4k:
             raise ConfigError(f"model.checkpoint_4k only applies to hipt_lgp, not {cfg.name}")
         kind = "feats4k" if cfg.input == "feats4k" else "feats256"
@@ -103,15 +109,6 @@ def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> Mode
     return ModelPlan(cfg.name, "feats256", kwargs, why)
 
 
-def expected_width(model: nn.Module, kind: str) -> int | None:
-    """Feature width the built model takes for ``kind`` (None if it does not say)."""
-    if kind == "feats256" and getattr(model, "local_vit", None) is not None:
-        return getattr(model.local_vit, "input_dim", None)
-    if kind == "feats4k" and _is_lgp(getattr(model, "hipt_architecture", "")):
-        return getattr(model, "embed_dim", None)
-    return getattr(model, "input_dim", None)
-
-
 def build_model(plan: ModelPlan, meta: FeatureStoreMeta) -> nn.Module:
     """Build the model and check that the stores' feature width fits it."""
     try:
@@ -120,9 +117,12 @@ def build_model(plan: ModelPlan, meta: FeatureStoreMeta) -> nn.Module:
         raise HiptError(f"model.checkpoint_4k: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"cannot build model '{plan.name}' with {plan.kwargs}: {exc}") from None
-    have = meta.feature_dim_256 if plan.kind == "feats256" else meta.feature_dim_4k
-    want = expected_width(model, plan.kind)
-    if want is not None and want != have:
+    have = meta.feature_dim_256 if plan.kind == FEATS256 else meta.feature_dim_4k
+    try:
+        want = int(model.input_width(plan.kind))  # type: ignore[operator]
+    except ValueError as exc:
+        raise ConfigError(f"model '{plan.name}': {exc}") from None
+    if want != have:
         raise ConfigError(
             f"the stores hold {have}-d {plan.kind} but model '{plan.name}' takes {want}-d input; "
             "pick the model that matches the extractor (e.g. *_tiny_test for tiny stores)"
@@ -159,11 +159,11 @@ def frozen_region_encoder(
     Only when the weights are the same in every fold: ``hipt_lgp`` on ``feats256``, frozen,
     loaded from ``checkpoint_4k`` (a random init differs per fold seed).
     """
-    if not (_is_lgp(plan.name) and plan.kind == "feats256" and cfg.freeze_4k):
+    if not (has_region_encoder(plan.name) and plan.kind == FEATS256 and cfg.freeze_4k):
         return None
     if not cfg.checkpoint_4k:
         return None
-    encoder = getattr(build_model(plan, meta), "local_vit", None)
+    encoder = build_model(plan, meta).local_vit  # the region encoder its spec declares
     if encoder is None:
         return None
     return encoder.requires_grad_(False).eval().to(device)

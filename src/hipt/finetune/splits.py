@@ -13,8 +13,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from hipt.errors import ConfigError, HiptError, StaleOutputError
-from hipt.finetune.cohort import SLIDE_SUFFIXES
 from hipt.io import atomic_write_json, atomic_write_text, remove_path
+from hipt.slides.inputs import strip_slide_suffix
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,9 @@ def _patient_of(slides: pd.DataFrame, patient_ids: Sequence[str]) -> dict[str, s
     out = {p: p for p in patient_ids}
     for sid, pid in zip(slides["slide_id"], slides["patient_id"], strict=True):
         out[sid] = pid
-        for suffix in SLIDE_SUFFIXES:
-            if sid.lower().endswith(suffix):
-                out[sid[: -len(suffix)]] = pid
+        stem = strip_slide_suffix(sid)
+        if stem is not None:
+            out[stem] = pid
     return out
 
 

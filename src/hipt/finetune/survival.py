@@ -16,8 +16,8 @@ from torch import Tensor
 
 from hipt.errors import HiptError
 from hipt.finetune import metrics as M
-from hipt.finetune.cohort import Problem
-from hipt.finetune.tasks import TASKS, Task, _missing, _rows
+from hipt.finetune.cohort import Problem, is_missing, rows_of
+from hipt.finetune.tasks import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -172,20 +172,20 @@ class SurvivalTask(Task):
         tcol, ecol, censorship = cols
         problems = []
         for col in (tcol, ecol):
-            miss = df.index[df[col].map(_missing)]
+            miss = df.index[df[col].map(is_missing)]
             if len(miss):
-                problems.append(Problem(_rows(miss), f"missing {col}"))
+                problems.append(Problem(rows_of(miss), f"missing {col}"))
         time = pd.to_numeric(df[tcol], errors="coerce")
         flag = pd.to_numeric(df[ecol], errors="coerce")
-        bad_t = df.index[time.isna() & ~df[tcol].map(_missing)]
+        bad_t = df.index[time.isna() & ~df[tcol].map(is_missing)]
         if len(bad_t):
-            problems.append(Problem(_rows(bad_t), f"{tcol} is not a number"))
+            problems.append(Problem(rows_of(bad_t), f"{tcol} is not a number"))
         neg = df.index[time < 0]
         if len(neg):
-            problems.append(Problem(_rows(neg), f"negative {tcol}"))
-        bad_e = df.index[~flag.isin([0, 1]) & ~df[ecol].map(_missing)]
+            problems.append(Problem(rows_of(neg), f"negative {tcol}"))
+        bad_e = df.index[~flag.isin([0, 1]) & ~df[ecol].map(is_missing)]
         if len(bad_e):
-            problems.append(Problem(_rows(bad_e), f"{ecol} must be 0 or 1"))
+            problems.append(Problem(rows_of(bad_e), f"{ecol} must be 0 or 1"))
         out["time"] = time.where(time >= 0)
         out["event"] = (1 - flag if censorship else flag).where(flag.isin([0, 1]))
         self.classes = [f"bin_{k}" for k in range(self.cfg.n_bins)]
@@ -279,3 +279,9 @@ class SurvivalTask(Task):
     def state(self) -> dict[str, Any]:
         """Task state incl. bin edges."""
         return {**super().state(), "bin_edges": self._edges().tolist(), "t_max": self.t_max}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore classes, bin edges and the largest training time."""
+        super().load_state(state)
+        self.edges = np.asarray(state["bin_edges"], dtype=float)
+        self.t_max = float(state["t_max"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hipt.finetune import metrics as M
-from hipt.finetune.cohort import Problem, row_number
+from hipt.finetune.cohort import Problem, is_missing, rows_of
 from hipt.finetune.config import TargetConfig
 from hipt.registry import Registry
 
@@ -57,15 +56,15 @@ class Task(ABC):
                 )
             ]
         raw = df[self.column]
-        parsed = raw.map(lambda v: None if _missing(v) else self.parse_value(str(v).strip()))
+        parsed = raw.map(lambda v: None if is_missing(v) else self.parse_value(str(v).strip()))
         problems = []
-        missing = df.index[raw.map(_missing)]
+        missing = df.index[raw.map(is_missing)]
         if len(missing):
-            problems.append(Problem(_rows(missing), f"missing {self.column} label"))
-        bad = df.index[parsed.isna() & ~raw.map(_missing)]
+            problems.append(Problem(rows_of(missing), f"missing {self.column} label"))
+        bad = df.index[parsed.isna() & ~raw.map(is_missing)]
         for value, idx in pd.Series(bad, index=raw[bad].to_numpy()).groupby(level=0):
             problems.append(
-                Problem(_rows(idx), f"invalid {self.column} '{value}' ({self.valid_values()})")
+                Problem(rows_of(idx), f"invalid {self.column} '{value}' ({self.valid_values()})")
             )
         labels = self.encode(parsed, df.index[parsed.notna()])
         return pd.DataFrame({"label": labels}, index=df.index), problems
@@ -152,16 +151,12 @@ class Task(ABC):
         return [f"prob_{c}" for c in self.classes], list(self.classes)
 
     def state(self) -> dict[str, Any]:
-        """What a later consumer of the model needs (stored in the checkpoint)."""
+        """What a later consumer of the model needs (stored in its card's ``output``)."""
         return {"task": self.name, "classes": list(self.classes), "n_outputs": self.n_outputs}
 
-
-def _missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v).strip() == ""
-
-
-def _rows(index: Any) -> list[int]:
-    return sorted(row_number(i) for i in index)
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` recorded (the inverse, used by :func:`task_from_state`)."""
+        self.classes = [str(c) for c in state["classes"]]
 
 
 @TASKS.register("subtype")
@@ -198,7 +193,7 @@ class SubtypeTask(Task):
         y, pred, c = target.numpy().astype(int), probs.argmax(1), len(self.classes)
         return {
             "auroc": M.auroc_macro_ovr(probs, y),
-            "balanced_accuracy": M.balanced_accuracy(pred, y, c),
+            "balanced_accuracy": M.balanced_accuracy(pred, y),
             "f1": M.f1_macro(pred, y, c),
             "accuracy": float(np.mean(pred == y)) if len(y) else M.NAN,
         }
@@ -270,7 +265,7 @@ class ResponseTask(Task):
         return {
             "auroc": M.auroc_binary(p, y),
             "auprc": M.auprc_binary(p, y),
-            "balanced_accuracy": M.balanced_accuracy((p >= 0.5).astype(int), y, 2),
+            "balanced_accuracy": M.balanced_accuracy((p >= 0.5).astype(int), y),
         }
 
 
@@ -279,10 +274,15 @@ def build_task(name: str, cfg: TargetConfig) -> Task:
     import hipt.finetune.ordinal  # noqa: F401 - registers "stage"
     import hipt.finetune.survival  # noqa: F401 - registers "survival"
 
-    try:
-        cls = TASKS.get(name)
-    except KeyError as exc:
-        from hipt.errors import ConfigError
+    return TASKS.get(name)(cfg)
 
-        raise ConfigError(str(exc.args[0])) from None
-    return cls(cfg)
+
+def task_from_state(state: dict[str, Any]) -> Task:
+    """The fitted task a model's card describes (its ``output``), ready to turn logits into
+    predictions and metrics: classes, survival bins, ordinal levels as at training."""
+    name = str(state["task"])
+    n_bins = int(state["n_outputs"]) if name == "survival" else TargetConfig.n_bins
+    classes = list(state["classes"]) if name == "subtype" else []
+    task = build_task(name, TargetConfig(classes=classes, n_bins=n_bins))
+    task.load_state(state)
+    return task

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from hipt.config import WandbConfig, config_hash
+from hipt.config import WandbConfig, config_hash, non_result
 from hipt.errors import ConfigError
 
 SCOPES = ("tissue", "all")
 COMBINES = ("mean", "product")
 MODEL_INPUTS = ("auto", "feats256", "feats4k")
 VIT4K_SOURCES = ("auto", "model", "checkpoint")
-
-# Keys that never change the pictures: left out of the config hash recorded in summary.json.
-NON_RESULT_KEYS = ("out", "overwrite", "wandb", "device", "batch_size", "progress")
 
 
 @dataclasses.dataclass
@@ -76,14 +73,14 @@ class HeatmapConfig:
     """Settings of ``make heatmap``; see ``conf/heatmap.yaml`` for the documented defaults.
 
     Attributes:
-        slide: the slide file the store was extracted from.
+        slide: the slide file the store was extracted from (read the way tiling recorded,
+            MPP included, from the store: no geometry settings here).
         features: the slide's feature store (``<slide_id>.zarr``).
         out: output folder.
-        model: finetuned slide model (``.safetensors`` + ``.json`` sidecar, a ``.ckpt`` with a
-            sidecar, or a ``fold_<k>`` folder); ``null`` draws only the ViT levels.
+        model: finetuned slide model: an exported ``.safetensors`` with its ``.json`` card, or a
+            finetune ``fold_<k>`` folder; ``null`` draws only the ViT levels.
         checkpoint256: ViT-256 weights; must be the file the store was made with.
         checkpoint4k: ViT-4K weights; must be the file the store was made with.
-        slide_mpp: level-0 µm/px to use instead of the file's own.
         canvas_mpp: µm per canvas pixel of the drawings (8 ~ a 4,700 px canvas for a
             150k px slide at 0.25 µm/px).
         min_canvas_side: use a finer canvas when the longest side would be shorter than this.
@@ -113,11 +110,10 @@ class HeatmapConfig:
 
     slide: str = "???"
     features: str = "???"
-    out: str = "???"
+    out: str = non_result("???")
     model: str | None = None
     checkpoint256: str | None = None
     checkpoint4k: str | None = None
-    slide_mpp: float | None = None
     canvas_mpp: float = 8.0
     min_canvas_side: int = 1024
     smoothing: bool = False
@@ -131,14 +127,14 @@ class HeatmapConfig:
     vit4k_source: str = "auto"
     check_features: bool = True
     save_arrays: bool = False
-    device: str = "auto"
-    batch_size: int = 64
+    device: str = non_result("auto")
+    batch_size: int = non_result(64)
     seed: int = 0
-    progress: bool = True
-    overwrite: bool = False
+    progress: bool = non_result(True)
+    overwrite: bool = non_result(False)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
     topk: TopkConfig = dataclasses.field(default_factory=TopkConfig)
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -154,8 +150,6 @@ def validate(cfg: HeatmapConfig) -> None:
     _choice("vit4k_source", cfg.vit4k_source, VIT4K_SOURCES)
     if cfg.canvas_mpp <= 0:
         raise ConfigError(f"canvas_mpp must be > 0 µm/px, got {cfg.canvas_mpp}")
-    if cfg.slide_mpp is not None and cfg.slide_mpp <= 0:
-        raise ConfigError(f"slide_mpp must be > 0 µm/px, got {cfg.slide_mpp}")
     if cfg.min_canvas_side < 0 or cfg.min_canvas_side > 20000:
         raise ConfigError(f"min_canvas_side must be in [0, 20000], got {cfg.min_canvas_side}")
     if cfg.batch_size < 1:
@@ -179,5 +173,5 @@ def validate(cfg: HeatmapConfig) -> None:
 
 
 def heatmap_hash(cfg: HeatmapConfig) -> str:
-    """sha256 of the settings that change the outputs (see :data:`NON_RESULT_KEYS`)."""
-    return config_hash(cfg, exclude=NON_RESULT_KEYS)
+    """sha256 of the settings that change the outputs (the non-result fields left out)."""
+    return config_hash(cfg)

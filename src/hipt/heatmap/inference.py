@@ -14,8 +14,7 @@ from hipt.models import (
     normalize_patches,
     prepare_images,
 )
-
-GRID = 16
+from hipt.slides.pixels import split_patches
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,16 +22,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def split_patches(region: np.ndarray, patch_px: int, grid: int = GRID) -> np.ndarray:
-    """``[R, R, 3]`` region -> ``[grid*grid, P, P, 3]`` patches in row-major order (a view)."""
-    r = region.shape[0]
-    if region.shape[:2] != (grid * patch_px, grid * patch_px) or r != region.shape[1]:
-        raise ValueError(f"expected a {grid * patch_px}-px square region, got {region.shape}")
-    # dims: patch row, pixel row, patch col, pixel col, channel -> (patch row, patch col), ...
-    blocks = region.reshape(grid, patch_px, grid, patch_px, 3).transpose(0, 2, 1, 3, 4)
-    return blocks.reshape(grid * grid, patch_px, patch_px, 3)
 
 
 def shift_region(region: np.ndarray, offset_px: int) -> np.ndarray:

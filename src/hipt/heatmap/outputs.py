@@ -11,12 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hipt.heatmap.canvas import CanvasGeometry, CanvasStack
-from hipt.heatmap.config import HeatmapConfig, heatmap_hash
+from hipt.heatmap.config import HeatmapConfig
 from hipt.heatmap.html import Figure, Page, write_index
 from hipt.heatmap.passes import MapSpec
 from hipt.heatmap.render import render_overlay, save_png
-from hipt.io import atomic_write_json, remove_path
-from hipt.provenance import RunInfo
+from hipt.io import remove_path
 
 if TYPE_CHECKING:
     from hipt.heatmap.runner import Inputs
@@ -166,10 +165,6 @@ def _caption(rec: dict[str, Any]) -> str:
     return f"#{rec['rank']}: {what}; {where}; score {rec['score']:.3g}"
 
 
-def write_summary(cfg: HeatmapConfig, inp: Inputs, out: Path, summary: dict[str, Any]) -> None:
-    """Write run.json, then summary.json (last: its presence marks a finished run)."""
-    inputs: list[str | Path] = [cfg.slide, cfg.features]
-    if cfg.model:
-        inputs.append(cfg.model)
-    RunInfo.collect(STAGE, heatmap_hash(cfg), inputs=inputs, extra={"sha256": inp.shas}).write(out)
-    atomic_write_json(out / "summary.json", summary)
+def summary_extra(inp: Inputs) -> dict[str, Any]:
+    """What ``run.json`` records beyond the config: the sha256 of every weights file used."""
+    return {"sha256": inp.shas}

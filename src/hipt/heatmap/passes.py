@@ -10,7 +10,6 @@ from torch import nn
 
 from hipt.heatmap.inference import Vit256Pass, shift_region, vit4k_cls_attention
 from hipt.heatmap.scores import (
-    GRID,
     RegionMaps,
     ShiftAccumulator,
     region_maps,
@@ -18,6 +17,7 @@ from hipt.heatmap.scores import (
     vit4k_percentiles,
     vit256_percentiles,
 )
+from hipt.slides.regions import GRID
 
 #: Official shifts in patches (reference/hipt.md 4.2): 128 px of 256 at the 256 level, and
 #: 128/256/384 px at the 4K level.

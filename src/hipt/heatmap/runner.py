@@ -6,7 +6,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -18,9 +17,7 @@ from PIL import Image
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hipt.config import save_resolved
 from hipt.errors import HiptError, StaleOutputError
-from hipt.extract.dataset import resize_region  # the pipeline's one resampling, bit for bit
 from hipt.features import FeatureStore, open_store
 from hipt.heatmap.canvas import CanvasGeometry, CanvasStack, choose_canvas_mpp
 from hipt.heatmap.config import HeatmapConfig, heatmap_hash, validate
@@ -28,21 +25,22 @@ from hipt.heatmap.inference import Vit256Pass, resolve_device, slide_attention, 
 from hipt.heatmap.models import (
     SlideModel,
     build_encoder,
+    check_provenance,
     check_weights,
     load_slide_model,
     resolve_input,
 )
-from hipt.heatmap.outputs import finish_outputs, map_names, remove_owned, write_summary
+from hipt.heatmap.outputs import finish_outputs, map_names, remove_owned, summary_extra
 from hipt.heatmap.passes import MapSpec, RegionScorer
-from hipt.heatmap.scores import GRID, percentile
+from hipt.heatmap.scores import percentile
 from hipt.heatmap.topk import patch_crop, record, region_crop, top_patches, top_regions
-from hipt.io import clean_stale_tmp, remove_path, tmp_path_for
-from hipt.lock import RunLock
-from hipt.models.checkpoints import sha256_file
-from hipt.slides import SlideReader, open_slide
-from hipt.slides.regions import patch_origins
-from hipt.slides.tiling import LevelChoice, choose_level, region_size_l0
-from hipt.tracking import create_logger, finish
+from hipt.io import remove_path, tmp_path_for
+from hipt.provenance import sha256_file
+from hipt.slides import SlideReader
+from hipt.slides.geometry import open_slide_at
+from hipt.slides.pixels import read_region_hwc
+from hipt.slides.regions import GRID
+from hipt.stage import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +83,11 @@ def fingerprint(cfg: HeatmapConfig) -> dict[str, Any]:
 
 
 def open_inputs(cfg: HeatmapConfig) -> Inputs:
-    """Open store, slide and models; refuse mismatched weights or a slide of another store."""
+    """Open store, slide and models; refuse mismatched weights or a slide of another store.
+
+    The slide is opened with the geometry the store records (tiling's MPP and its source,
+    read level and size), so a slide tiled with ``mpp_override`` needs nothing more here.
+    """
     store = open_store(cfg.features)
     meta = store.meta
     if store.n_regions == 0:
@@ -99,8 +101,10 @@ def open_inputs(cfg: HeatmapConfig) -> Inputs:
     sha256 = check_weights("256", cfg.checkpoint256, meta.checkpoint_256_sha256)
     device = resolve_device(cfg.device)
     slide = load_slide_model(cfg.model, device) if cfg.model else None
-    model_input = resolve_input(slide, cfg.model_input, meta) if slide else None
-    own_4k = getattr(slide.model, "local_vit", None) if slide else None
+    if slide is not None:
+        check_provenance(slide, meta, Path(cfg.features))
+    model_input = resolve_input(slide, cfg.model_input) if slide else None
+    own_4k = slide.region_encoder() if slide else None
     vit4k_from = cfg.vit4k_source
     if vit4k_from == "auto":
         vit4k_from = "model" if own_4k is not None else "checkpoint"
@@ -117,7 +121,7 @@ def open_inputs(cfg: HeatmapConfig) -> Inputs:
         vit4k = own_4k.eval()
     else:
         vit4k = build_encoder(meta.model_4k, cfg.checkpoint4k, device)
-    reader = open_slide(cfg.slide, mpp_override=cfg.slide_mpp)  # last: nothing can fail after it
+    reader = open_slide_at(meta.geometry(), path=cfg.slide)  # last: nothing can fail after it
     shas = {
         "checkpoint256": sha256,
         "checkpoint4k": sha4k,
@@ -139,31 +143,6 @@ def prepass(inp: Inputs) -> tuple[np.ndarray | None, np.ndarray]:
         for i in range(0, store.n_regions, CHUNK_REGIONS)
     ]
     return att, np.concatenate(chunks)
-
-
-def read_region_pixels(
-    reader: SlideReader, x: int, y: int, choice: LevelChoice, region_px: int
-) -> np.ndarray:
-    """One region at the store's resolution, read and resized as the extraction stage does.
-
-    Only the part on the slide is read and the rest is white (the readers' contract), so edge
-    regions cost no decoding past the slide border.
-    """
-    size = choice.read_size(region_px)
-    lw, lh = reader.level_dimensions[choice.level]
-    ds = float(reader.level_downsamples[choice.level])
-    lx, ly = math.floor(x / ds), math.floor(y / ds)
-    c0, r0 = max(0, -lx), max(0, -ly)
-    c1, r1 = min(size, lw - lx), min(size, lh - ly)
-    pixels = np.full((size, size, 3), 255, dtype=np.uint8)
-    if c1 > c0 and r1 > r0:
-        part = reader.read_region(x + round(c0 * ds), y + round(r0 * ds), choice.level, c1 - c0,
-                                  r1 - r0)  # fmt: skip
-        pixels[r0:r1, c0:c1] = part
-    if size == region_px:
-        return pixels
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
-    return resize_region(tensor, region_px).permute(1, 2, 0).numpy()
 
 
 def canvas_thumbnail(reader: SlideReader, geom: CanvasGeometry) -> np.ndarray:
@@ -202,14 +181,14 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
     """Compute every map region by region onto the canvases, crop the top-k, render outputs."""
     t0 = time.perf_counter()
     store, meta, reader = inp.store, inp.store.meta, inp.reader
+    slide_geom = meta.geometry()
     att, attn4k = prepass(inp)
     coords, mask = store.coords(), store.patch_mask()
     slide_pct = percentile(att) if att is not None else None
-    w0, h0 = reader.level_dimensions[0]
-    canvas_mpp = choose_canvas_mpp(w0, h0, reader.mpp, cfg.canvas_mpp, cfg.min_canvas_side)
-    geom = CanvasGeometry(w0, h0, float(reader.mpp), canvas_mpp)
-    side_l0 = region_size_l0(reader.mpp, meta.target_mpp, meta.region_px)
-    choice = choose_level(reader.level_downsamples, reader.mpp, meta.target_mpp)
+    w0, h0 = slide_geom.width, slide_geom.height
+    canvas_mpp = choose_canvas_mpp(w0, h0, slide_geom.mpp, cfg.canvas_mpp, cfg.min_canvas_side)
+    geom = CanvasGeometry(w0, h0, slide_geom.mpp, canvas_mpp)
+    side_l0 = slide_geom.region_side_l0
     spec = _spec(cfg, int(inp.vit256.last.attn.num_heads), int(attn4k.shape[1]))
     scorer = RegionScorer(inp.vit256, inp.vit4k, inp.device, meta.patch_px, spec)
     names = map_names(spec, att is not None)
@@ -229,7 +208,7 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
         with logging_redirect_tqdm():
             for m in bar:
                 x, y = (int(v) for v in coords[m])
-                pixels = read_region_pixels(reader, x, y, choice, meta.region_px)
+                pixels = read_region_hwc(reader, slide_geom, x, y)
                 res = scorer.score(pixels, store.feats256(m), attn4k[m], mask[m],
                                    None if slide_pct is None else float(slide_pct[m]))  # fmt: skip
                 canvases.paint(x, y, side_l0, res.maps.maps)
@@ -239,7 +218,7 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
                     tops["regions"].append(record(pick, f, out, (x, y), side_l0))
                 for pick in (p for p in picks_p if p.region == m):
                     f = patch_crop(topk_dir, pick, pixels, res.maps, meta.patch_px, cfg.render)
-                    xy = patch_origins(x, y, reader.mpp, meta.target_mpp, meta.patch_px)[pick.patch]
+                    xy = slide_geom.patch_origins(x, y)[pick.patch]
                     tops["patches"].append(record(pick, f, out, tuple(xy), side_l0 / GRID))
         canvases.flush()
         for key in tops:
@@ -248,7 +227,7 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
         facts = {
             "geometry": geom,
             "side_l0": side_l0,
-            "read_level": choice.level,
+            "read_level": slide_geom.read_level,
             "tokens_per_patch": scorer.t,
             "heads": {"vit256": spec.heads256, "vit4k": spec.heads4k},
             "slide_attention": None if att is None else att.tolist(),
@@ -302,28 +281,23 @@ def run(cfg: HeatmapConfig) -> int:
     """Run the stage; return the exit code (0 also when the outputs are already up to date)."""
     validate(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        clean_stale_tmp(out)
+    inputs = [cfg.slide, cfg.features, *([cfg.model] if cfg.model else [])]
+    chash = heatmap_hash(cfg)
+    with StageRun(STAGE, cfg, out, inputs=inputs, chash=chash, defer_start=True) as stage:
         ident = fingerprint(cfg)
         if _up_to_date(out, ident, cfg.overwrite):
             log.info("heatmaps in %s are up to date; open %s", out, out / "index.html")
             return 0
+        stage.start()
         remove_path(out / "summary.json")
         remove_owned(out)
-        save_resolved(cfg, out)
-        logger = create_logger(cfg.wandb, STAGE, out, run_config=cfg)
-        ok = False
+        inp = open_inputs(cfg)
         try:
-            inp = open_inputs(cfg)
-            try:
-                summary = draw(cfg, inp, out, logger)
-            finally:
-                inp.reader.close()
-            summary["identity"] = ident
-            write_summary(cfg, inp, out, summary)
-            ok = True
+            summary = draw(cfg, inp, out, stage.logger)
         finally:
-            finish(logger, ok)
+            inp.reader.close()
+        summary["identity"] = ident
+        stage.done(summary_extra(inp))
+        stage.write_summary(summary)  # last: its presence marks a finished run
     log.info("done: open %s", out / "index.html")
     return 0

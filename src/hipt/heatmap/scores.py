@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 from scipy.stats import rankdata
 
-GRID = 16
+from hipt.slides.regions import GRID
 
 
 def percentile(values: np.ndarray, valid: np.ndarray | None = None, axis: int = -1) -> np.ndarray:

@@ -10,7 +10,8 @@ import numpy as np
 
 from hipt.heatmap.config import RenderConfig
 from hipt.heatmap.render import crop_panels, save_png
-from hipt.heatmap.scores import GRID, RegionMaps
+from hipt.heatmap.scores import RegionMaps
+from hipt.slides.regions import GRID
 
 #: Maps shown beside each crop (those present in the run).
 CROP_MAPS = (

@@ -1,33 +1,68 @@
-"""HIPT models at every level (ViT-256, ViT-4K, slide heads), built by name from a registry."""
+"""HIPT models at every level (ViT-256, ViT-4K, slide heads), built by name from a registry.
+
+``build(name, checkpoint=...)`` makes a registered architecture; ``load(path)`` rebuilds an
+exported model from its card; ``export_model`` writes the one export format (weights + card).
+"""
 
 from hipt.models.attention import attention_maps, explicit_attention
+from hipt.models.card import ModelCard, ModelFileError, read_card
 from hipt.models.checkpoints import (
     CheckpointError,
     LoadReport,
-    export_backbone,
     filter_hipt_checkpoint,
     load_checkpoint,
-    sha256_file,
 )
-from hipt.models.factory import MODELS, available, build, build_from_export
+from hipt.models.factory import (
+    MODELS,
+    Loaded,
+    available,
+    build,
+    export_model,
+    load,
+    model_spec,
+    register_model,
+)
 from hipt.models.grid import bag_to_grid, grid_to_bag
-from hipt.models.heads import ABMIL, HiptLGP, MeanPool, SlideOutput
+from hipt.models.heads import HiptLGP
+from hipt.models.mil import ABMIL, MeanPool
+from hipt.models.pooling import SlideOutput
 from hipt.models.pos_embed import dino_interpolate_pos_embed
 from hipt.models.runtime import autocast_context, prepare_images, prepare_model
+from hipt.models.spec import (
+    FEATS4K,
+    FEATS256,
+    PATCH_ENCODER,
+    PIXELS,
+    REGION_ENCODER,
+    SLIDE_HEAD,
+    ModelSpec,
+    Preprocessing,
+)
 from hipt.models.transforms import HIPT_MEAN, HIPT_STD, PatchNormalize, normalize_patches
 from hipt.models.vit4k import Vit4K
 from hipt.models.vit256 import Vit256, vit256_transform
 
 __all__ = [
     "ABMIL",
+    "FEATS256",
+    "FEATS4K",
     "HIPT_MEAN",
     "HIPT_STD",
     "MODELS",
+    "PATCH_ENCODER",
+    "PIXELS",
+    "REGION_ENCODER",
+    "SLIDE_HEAD",
     "CheckpointError",
     "HiptLGP",
     "LoadReport",
+    "Loaded",
     "MeanPool",
+    "ModelCard",
+    "ModelFileError",
+    "ModelSpec",
     "PatchNormalize",
+    "Preprocessing",
     "SlideOutput",
     "Vit256",
     "Vit4K",
@@ -36,16 +71,18 @@ __all__ = [
     "available",
     "bag_to_grid",
     "build",
-    "build_from_export",
     "dino_interpolate_pos_embed",
     "explicit_attention",
-    "export_backbone",
+    "export_model",
     "filter_hipt_checkpoint",
     "grid_to_bag",
+    "load",
     "load_checkpoint",
+    "model_spec",
     "normalize_patches",
     "prepare_images",
     "prepare_model",
-    "sha256_file",
+    "read_card",
+    "register_model",
     "vit256_transform",
 ]

@@ -1,20 +1,16 @@
-"""Strict checkpoint loading (official DINO layout or our safetensors exports) and export."""
+"""Strict checkpoint loading: official DINO ``.pth`` files, our exports, or state dicts."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from os import PathLike
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from torch import Tensor, nn
 
@@ -24,12 +20,9 @@ __all__ = [
     "CheckpointError",
     "CheckpointSource",
     "LoadReport",
-    "export_backbone",
     "filter_hipt_checkpoint",
     "load_checkpoint",
     "load_state_dict_strict",
-    "read_sidecar",
-    "sha256_file",
     "torch_load_safe",
 ]
 
@@ -45,7 +38,6 @@ WRAPPER_KEYS = ("teacher", "student", "state_dict", "model")
 STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 #: The DINO projection head of the MultiCropWrapper; never part of a backbone.
 DINO_HEAD_PREFIX = "head."
-EXPORT_FORMAT = "hipt.backbone/v1"
 _MAX_LISTED = 20
 
 
@@ -68,15 +60,6 @@ class LoadReport:
     n_loaded: int
     dropped: list[str] = field(default_factory=list)
     wrapper: str | None = None
-
-
-def sha256_file(path: str | PathLike[str], chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def torch_load_safe(path: str | PathLike[str]) -> Any:
@@ -189,30 +172,16 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source
     model.load_state_dict(state, strict=True)
 
 
-def read_sidecar(path: Path) -> dict[str, Any]:
-    """Read and check the JSON sidecar of an exported ``X.safetensors`` (``X.json``)."""
-    sidecar_path = path.with_suffix(".json")
-    if not sidecar_path.is_file():
-        raise CheckpointError(
-            f"{path}: missing sidecar {sidecar_path.name} naming the architecture"
-        )
-    meta = json.loads(sidecar_path.read_text())
-    if not isinstance(meta, dict) or "architecture" not in meta:
-        raise CheckpointError(f"{sidecar_path}: sidecar has no 'architecture'")
-    return meta
-
-
 def _read_export(path: Path, architecture: str | None) -> dict[str, Tensor]:
-    meta = read_sidecar(path)
-    if architecture is not None and meta["architecture"] != architecture:
+    from hipt.models.card import read_card, read_weights
+
+    card = read_card(path)
+    if architecture is not None and card.architecture != architecture:
         raise CheckpointError(
-            f"{path}: exported architecture '{meta['architecture']}' does not match "
+            f"{path}: exported architecture '{card.architecture}' does not match "
             f"the model '{architecture}'"
         )
-    expected_sha = meta.get("sha256")
-    if expected_sha is not None and sha256_file(path) != expected_sha:
-        raise CheckpointError(f"{path}: sha256 differs from its sidecar (file changed or corrupt)")
-    return safetensors.torch.load_file(str(path), device="cpu")
+    return read_weights(path, card)
 
 
 def load_checkpoint(
@@ -264,54 +233,3 @@ def load_checkpoint(
         wrapper,
     )
     return LoadReport(source=name, n_loaded=len(state), dropped=dropped, wrapper=wrapper)
-
-
-def export_backbone(
-    model: nn.Module,
-    name: str,
-    path: str | PathLike[str],
-    extra_meta: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``X.safetensors`` and the ``X.json`` sidecar naming the architecture.
-
-    Args:
-        model: module to export (a ``torch.compile`` wrapper is unwrapped).
-        name: registry key of the architecture (``vit4k_xs``...).
-        path: ``X`` or ``X.safetensors``; existing files are not overwritten.
-        extra_meta: JSON-serialisable provenance stored under ``"meta"`` (run id, config hash...).
-
-    Returns:
-        The path of the safetensors file.
-
-    Raises:
-        FileExistsError: either output already exists.
-    """
-    target: nn.Module = getattr(model, "_orig_mod", model)
-    out = Path(path)
-    if out.suffix != ".safetensors":
-        out = out.with_name(out.name + ".safetensors")
-    sidecar = out.with_suffix(".json")
-    for p in (out, sidecar):
-        if p.exists():
-            raise FileExistsError(f"{p} already exists")
-    overrides = dict(getattr(target, "hipt_overrides", {}))
-    # Serialise first so a non-JSON value fails before anything is written.
-    overrides = json.loads(json.dumps(overrides))
-    meta = json.loads(json.dumps(dict(extra_meta or {})))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in target.state_dict().items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(tensors, str(out), metadata={"architecture": name})
-    record = {
-        "format": EXPORT_FORMAT,
-        "architecture": name,
-        "overrides": overrides,
-        "sha256": sha256_file(out),
-        "n_tensors": len(tensors),
-        "n_params": sum(t.numel() for t in tensors.values()),
-        "torch_version": torch.__version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "meta": meta,
-    }
-    sidecar.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    logger.info("exported %s (%d tensors) to %s", name, len(tensors), out)
-    return out

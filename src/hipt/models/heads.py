@@ -1,74 +1,23 @@
-"""Slide-level heads over one bag of regions: HIPT_LGP, gated-attention MIL and mean pooling."""
+"""HIPT_LGP: the HIPT slide model (optional ViT-4K per region, global transformer, pooling)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from hipt.models.factory import MODELS, build
+from hipt.models.factory import build, register_model
 from hipt.models.grid import bag_to_grid
+from hipt.models.pooling import GatedAttention, SlideOutput, masked_attention_pool, valid_mask
 from hipt.models.scaler import FeatureScaler
+from hipt.models.spec import FEATS4K, FEATS256, SLIDE_HEAD, ModelSpec
 
-__all__ = ["ABMIL", "GatedAttention", "HiptLGP", "MeanPool", "SlideOutput"]
+__all__ = ["HIPT_LGP_SPEC", "HiptLGP"]
 
-
-class SlideOutput(NamedTuple):
-    """Output of a slide head for one bag.
-
-    Attributes:
-        logits: ``[1, C]``.
-        attention: ``[M]`` weight of each region (sums to 1 over valid regions, 0 on padding).
-    """
-
-    logits: Tensor
-    attention: Tensor
-
-
-class GatedAttention(nn.Module):
-    """Gated attention scores ``c(tanh(a x) * sigmoid(b x))`` [0] (Ilse et al. 2018).
-
-    Args:
-        dim: input width L.
-        hidden_dim: attention width D.
-        dropout: dropout after each gate branch.
-    """
-
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.25) -> None:
-        super().__init__()
-        self.attention_a = nn.Sequential(nn.Linear(dim, hidden_dim), nn.Tanh(), nn.Dropout(dropout))
-        self.attention_b = nn.Sequential(
-            nn.Linear(dim, hidden_dim), nn.Sigmoid(), nn.Dropout(dropout)
-        )
-        self.attention_c = nn.Linear(hidden_dim, 1)
-
-    def forward(self, h: Tensor) -> Tensor:
-        """Unnormalized scores ``[N]`` for instances ``h`` ``[N, dim]``."""
-        return self.attention_c(self.attention_a(h) * self.attention_b(h)).squeeze(-1)
-
-
-def _valid_mask(mask: Tensor | None, n: int, device: torch.device) -> Tensor | None:
-    """Check ``mask`` (True = valid region) and return it as bool, or None for "all valid"."""
-    if mask is None:
-        return None
-    if mask.shape != (n,):
-        raise ValueError(f"mask must have shape [{n}], got {list(mask.shape)}")
-    mask = mask.to(device=device, dtype=torch.bool)
-    if not bool(mask.any()):
-        raise ValueError("mask marks no valid region")
-    return mask
-
-
-def _masked_attention_pool(scores: Tensor, h: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Softmax ``scores`` ``[N]`` over valid instances and pool ``h`` ``[N, D]`` -> ``[1, D]``."""
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-        # zero padded rows so that 0 * (anything, even non-finite) cannot leak into the sum
-        h = h.masked_fill(~mask[:, None], 0.0)
-    weights = torch.softmax(scores, dim=0)
-    return weights, weights[None, :] @ h
+#: HIPT_LGP carries its own ViT-4K over ``feats256`` (or reads ``feats4k`` made by it).
+HIPT_LGP_SPEC = ModelSpec(kind=SLIDE_HEAD, inputs=(FEATS256, FEATS4K), region_encoder=True)
 
 
 class HiptLGP(nn.Module):
@@ -144,6 +93,14 @@ class HiptLGP(nn.Module):
             self.local_vit.eval()
         return self
 
+    def input_width(self, kind: str) -> int:
+        """Feature width this head takes from a store's ``kind`` array."""
+        if kind == FEATS4K:
+            return self.embed_dim
+        if self.local_vit is None:
+            raise ValueError("this HiptLGP has no local_vit; it reads feats4k only")
+        return int(self.local_vit.input_dim)
+
     def region_features(self, x: Tensor) -> Tensor:
         """Region embeddings ``[M, E]``.
 
@@ -178,7 +135,7 @@ class HiptLGP(nn.Module):
         Returns:
             :class:`SlideOutput` with logits ``[1, C]`` and attention ``[M]``.
         """
-        valid = _valid_mask(mask, x.shape[0], x.device)
+        valid = valid_mask(mask, x.shape[0], x.device)
         if valid is not None:
             # zero padded rows first, so even non-finite padding cannot reach the valid ones
             x = x.masked_fill(~valid.view(-1, *([1] * (x.ndim - 1))), 0.0)
@@ -188,146 +145,20 @@ class HiptLGP(nn.Module):
         h = self.global_phi(regions)
         padding = None if valid is None else ~valid[None, :]  # [batch=1, M], True = ignore
         h = self.global_transformer(h.unsqueeze(1), src_key_padding_mask=padding).squeeze(1)
-        weights, pooled = _masked_attention_pool(self.global_attn_pool(h), h, valid)
+        weights, pooled = masked_attention_pool(self.global_attn_pool(h), h, valid)
         return SlideOutput(self.classifier(self.global_rho(pooled)), weights)
 
 
-def _instances(x: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None, int]:
-    """Flatten ``[M, K, D]`` region bags to ``[M*K, D]`` instances (mask ``[M]`` or ``[M, K]``)."""
-    if x.ndim == 2:
-        return x, _valid_mask(mask, x.shape[0], x.device), 1
-    if x.ndim != 3:
-        raise ValueError(f"expected [N, D] or [M, K, D] for one slide, got {list(x.shape)}")
-    m, k, _ = x.shape
-    if mask is not None and mask.shape == (m,):
-        mask = mask[:, None].expand(m, k)
-    flat_mask = None if mask is None else mask.reshape(-1)
-    return x.reshape(m * k, -1), _valid_mask(flat_mask, m * k, x.device), k
+def _hipt_lgp(
+    vit4k: str | None, checkpoint_4k: str | None, defaults: dict[str, Any], overrides: Any
+) -> HiptLGP:
+    local = None if vit4k is None else build(vit4k, checkpoint=checkpoint_4k)
+    if local is None and checkpoint_4k is not None:
+        raise ValueError("checkpoint_4k needs a vit4k region encoder")
+    return HiptLGP(local, **{**defaults, **overrides})
 
 
-def _zero_padding(inst: Tensor, valid: Tensor | None) -> Tensor:
-    """Zero padded instances so non-finite padding cannot leak through ``0 * x``."""
-    return inst if valid is None else inst.masked_fill(~valid[:, None], 0.0)
-
-
-class _InstancePool(nn.Module):
-    """Instance heads: (optional scaler) -> projection -> pooling -> classifier.
-
-    ``[M, K, D]`` region bags are flattened to ``M*K`` patch instances; the returned attention
-    is summed per region (``[M]``). Gated-attention pooling when ``attn_dim`` is set, else the
-    mean.
-    """
-
-    def __init__(
-        self,
-        *,
-        input_dim: int,
-        hidden_dim: int,
-        attn_dim: int | None,
-        n_classes: int,
-        n_outputs: int | None,
-        dropout: float,
-        standardize: bool,
-    ) -> None:
-        super().__init__()
-        self.input_dim = input_dim
-        self.n_outputs = n_outputs if n_outputs is not None else n_classes
-        self.scaler = FeatureScaler(input_dim) if standardize else None
-        self.fc = nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.ReLU(), nn.Dropout(dropout))
-        self.attn_pool = GatedAttention(hidden_dim, attn_dim, dropout) if attn_dim else None
-        self.classifier = nn.Linear(hidden_dim, self.n_outputs)
-
-    @staticmethod
-    def scaler_inputs(x: Tensor) -> Tensor:
-        """What ``scaler`` standardises: the ``[N, D]`` instances of bag ``x``."""
-        return _instances(x, None)[0]
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> SlideOutput:
-        """Slide logits ``[1, C]`` and attention ``[M]`` for ``[N, D]`` or ``[M, K, D]``."""
-        inst, valid, k = _instances(x, mask)
-        if self.scaler is not None:
-            inst = self.scaler(inst)
-        h = self.fc(_zero_padding(inst, valid))
-        if self.attn_pool is not None:
-            scores = self.attn_pool(h)
-        else:
-            scores = torch.zeros(h.shape[0], dtype=h.dtype, device=h.device)
-        weights, pooled = _masked_attention_pool(scores, h, valid)
-        return SlideOutput(self.classifier(pooled), weights.reshape(-1, k).sum(-1))
-
-
-class ABMIL(_InstancePool):
-    """Gated-attention MIL [0] (CLAM-SB without instance clustering) over instances.
-
-    ``[M, K, D]`` region bags are flattened to ``M*K`` patch instances; the returned attention
-    is summed per region (``[M]``).
-
-    Args:
-        input_dim: instance width D.
-        hidden_dim: width after the instance projection.
-        attn_dim: gated-attention width.
-        n_classes: classifier width.
-        n_outputs: alias that overrides ``n_classes``.
-        dropout: dropout after the projection and the attention gates.
-        standardize: add a :class:`FeatureScaler` (``scaler``) on the instances.
-    """
-
-    def __init__(
-        self,
-        *,
-        input_dim: int = 384,
-        hidden_dim: int = 512,
-        attn_dim: int = 256,
-        n_classes: int = 2,
-        n_outputs: int | None = None,
-        dropout: float = 0.25,
-        standardize: bool = False,
-    ) -> None:
-        super().__init__(
-            input_dim=input_dim,
-            hidden_dim=hidden_dim,
-            attn_dim=attn_dim,
-            n_classes=n_classes,
-            n_outputs=n_outputs,
-            dropout=dropout,
-            standardize=standardize,
-        )
-
-
-class MeanPool(_InstancePool):
-    """Mean of projected instances -> classifier (a permutation-invariant baseline).
-
-    Args:
-        input_dim: instance width D.
-        hidden_dim: width after the instance projection.
-        n_classes: classifier width.
-        n_outputs: alias that overrides ``n_classes``.
-        dropout: dropout after the projection.
-        standardize: add a :class:`FeatureScaler` (``scaler``) on the instances.
-    """
-
-    def __init__(
-        self,
-        *,
-        input_dim: int = 384,
-        hidden_dim: int = 512,
-        n_classes: int = 2,
-        n_outputs: int | None = None,
-        dropout: float = 0.25,
-        standardize: bool = False,
-    ) -> None:
-        super().__init__(
-            input_dim=input_dim,
-            hidden_dim=hidden_dim,
-            attn_dim=None,
-            n_classes=n_classes,
-            n_outputs=n_outputs,
-            dropout=dropout,
-            standardize=standardize,
-        )
-
-
-@MODELS.register("hipt_lgp")
+@register_model("hipt_lgp", HIPT_LGP_SPEC)
 def hipt_lgp(
     *, vit4k: str | None = "vit4k_xs", checkpoint_4k: str | None = None, **overrides: Any
 ) -> HiptLGP:
@@ -338,42 +169,12 @@ def hipt_lgp(
         checkpoint_4k: strict init of the region encoder (official DINO file or our export).
         **overrides: :class:`HiptLGP` arguments (``n_classes``, ``freeze_4k``, ``dropout``...).
     """
-    local = None if vit4k is None else build(vit4k, checkpoint=checkpoint_4k)
-    if local is None and checkpoint_4k is not None:
-        raise ValueError("checkpoint_4k needs a vit4k region encoder")
-    return HiptLGP(local, **{"embed_dim": 192, **overrides})
+    return _hipt_lgp(vit4k, checkpoint_4k, {"embed_dim": 192}, overrides)
 
 
-@MODELS.register("hipt_lgp_tiny_test")
+@register_model("hipt_lgp_tiny_test", HIPT_LGP_SPEC)
 def hipt_lgp_tiny_test(
     *, vit4k: str | None = "vit4k_tiny_test", checkpoint_4k: str | None = None, **overrides: Any
 ) -> HiptLGP:
     """Tiny HIPT_LGP on ``vit4k_tiny_test`` (16-d regions, 2 global heads)."""
-    local = None if vit4k is None else build(vit4k, checkpoint=checkpoint_4k)
-    if local is None and checkpoint_4k is not None:
-        raise ValueError("checkpoint_4k needs a vit4k region encoder")
-    return HiptLGP(local, **{"embed_dim": 16, "n_heads": 2, **overrides})
-
-
-@MODELS.register("abmil")
-def abmil(**overrides: Any) -> ABMIL:
-    """Gated-attention MIL on 384-d ViT-256 patch features (``input_dim=192`` for regions)."""
-    return ABMIL(**overrides)
-
-
-@MODELS.register("abmil_tiny_test")
-def abmil_tiny_test(**overrides: Any) -> ABMIL:
-    """Tiny ABMIL on ``vit256_tiny_test`` features (32-d)."""
-    return ABMIL(**{"input_dim": 32, "hidden_dim": 16, "attn_dim": 8, **overrides})
-
-
-@MODELS.register("meanpool")
-def meanpool(**overrides: Any) -> MeanPool:
-    """Mean-pooling baseline on 384-d ViT-256 patch features."""
-    return MeanPool(**overrides)
-
-
-@MODELS.register("meanpool_tiny_test")
-def meanpool_tiny_test(**overrides: Any) -> MeanPool:
-    """Tiny mean-pooling baseline on ``vit256_tiny_test`` features (32-d)."""
-    return MeanPool(**{"input_dim": 32, "hidden_dim": 16, **overrides})
+    return _hipt_lgp(vit4k, checkpoint_4k, {"embed_dim": 16, "n_heads": 2}, overrides)

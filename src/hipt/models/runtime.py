@@ -8,7 +8,30 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["autocast_context", "prepare_images", "prepare_model"]
+__all__ = [
+    "autocast_context",
+    "prepare_images",
+    "prepare_model",
+    "resolve_precision",
+    "uses_cuda",
+]
+
+
+def uses_cuda(accelerator: str) -> bool:
+    """Whether Lightning will run on CUDA for this ``accelerator`` setting."""
+    acc = str(accelerator).lower()
+    return acc in ("gpu", "cuda") or (acc == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """The Lightning precision a stage runs at: the one policy of every stage.
+
+    ``auto`` is ``bf16-mixed`` on CUDA and ``32-true`` on CPU (bf16 has no fast path on this
+    kind of CPU: ~7.5x slower); ``32`` is spelled ``32-true``; anything else as given.
+    """
+    if precision == "auto":
+        return "bf16-mixed" if uses_cuda(accelerator) else "32-true"
+    return "32-true" if str(precision) == "32" else str(precision)
 
 
 def autocast_context(device: torch.device | str) -> contextlib.AbstractContextManager[Any]:

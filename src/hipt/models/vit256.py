@@ -10,11 +10,16 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from hipt.models.factory import MODELS
+from hipt.models.factory import register_model
 from hipt.models.pos_embed import PosEmbedCache
-from hipt.models.transforms import PatchNormalize
+from hipt.models.spec import PATCH_ENCODER, PIXELS, ModelSpec, Preprocessing
+from hipt.models.transforms import HIPT_MEAN, HIPT_STD, PatchNormalize
 
-__all__ = ["Vit256", "vit256_small", "vit256_tiny_test", "vit256_transform"]
+__all__ = ["VIT256_SPEC", "Vit256", "vit256_small", "vit256_tiny_test", "vit256_transform"]
+
+#: HIPT's patch encoders: 256-px patches, normalized with mean = std = 0.5 (reference/hipt.md 3.4).
+VIT256_PREPROCESSING = Preprocessing(input_px=256, mean=HIPT_MEAN, std=HIPT_STD)
+VIT256_SPEC = ModelSpec(kind=PATCH_ENCODER, inputs=(PIXELS,), preprocessing=VIT256_PREPROCESSING)
 
 
 class Vit256(VisionTransformer):
@@ -112,16 +117,16 @@ class Vit256(VisionTransformer):
 
 def vit256_transform() -> PatchNormalize:
     """The transform matching :class:`Vit256`: uint8 RGB -> ``(x / 255 - 0.5) / 0.5``, CHW."""
-    return PatchNormalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    return PatchNormalize(mean=VIT256_PREPROCESSING.mean, std=VIT256_PREPROCESSING.std)
 
 
-@MODELS.register("vit256_small")
+@register_model("vit256_small", VIT256_SPEC)
 def vit256_small(**overrides: Any) -> Vit256:
     """Official ViT_256-16 (DINO ViT-S/16): 384-d, 12 blocks, 6 heads, 21,665,664 parameters."""
     return Vit256(**{"embed_dim": 384, "depth": 12, "num_heads": 6, **overrides})
 
 
-@MODELS.register("vit256_tiny_test")
+@register_model("vit256_tiny_test", VIT256_SPEC)
 def vit256_tiny_test(**overrides: Any) -> Vit256:
     """Tiny ViT-256 for tests and CPU demos: 32-d, 2 blocks, 2 heads, 197-token pos_embed."""
     return Vit256(**{"embed_dim": 32, "depth": 2, "num_heads": 2, **overrides})

@@ -9,10 +9,14 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from hipt.models.factory import MODELS
+from hipt.models.factory import register_model
 from hipt.models.pos_embed import PosEmbedCache
+from hipt.models.spec import FEATS256, REGION_ENCODER, ModelSpec
 
-__all__ = ["Vit4K", "vit4k_tiny_test", "vit4k_xs"]
+__all__ = ["VIT4K_SPEC", "Vit4K", "vit4k_tiny_test", "vit4k_xs"]
+
+#: Region encoders read a store's ``feats256`` grids.
+VIT4K_SPEC = ModelSpec(kind=REGION_ENCODER, inputs=(FEATS256,))
 
 
 class Vit4K(nn.Module):
@@ -129,13 +133,13 @@ class Vit4K(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@MODELS.register("vit4k_xs")
+@register_model("vit4k_xs", VIT4K_SPEC)
 def vit4k_xs(**overrides: Any) -> Vit4K:
     """Official ViT_4096-256: 384 -> 192, 6 blocks, 6 heads, 2,781,504 parameters."""
     return Vit4K(**{"input_dim": 384, "embed_dim": 192, "depth": 6, "num_heads": 6, **overrides})
 
 
-@MODELS.register("vit4k_tiny_test")
+@register_model("vit4k_tiny_test", VIT4K_SPEC)
 def vit4k_tiny_test(**overrides: Any) -> Vit4K:
     """Tiny ViT-4K on ``vit256_tiny_test`` features: 32 -> 16, 2 blocks, 2 heads."""
     return Vit4K(**{"input_dim": 32, "embed_dim": 16, "depth": 2, "num_heads": 2, **overrides})

@@ -5,32 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from hipt.config import WandbConfig
+from hipt.config import WandbConfig, hardware, non_result
 from hipt.errors import ConfigError
 
 LEVELS = ("256", "4k")
-#: Keys that may change between an interrupted run and its ``resume=true`` continuation: paths,
-#: logging, worker counts and hardware (a different device count changes the global batch, which
-#: ``DinoModule`` reports as a warning on resume).
-RESUME_FREE_KEYS = (
-    "out",
-    "resume",
-    "overwrite",
-    "wandb",
-    "data.num_workers",
-    "data.tiles",
-    "data.features",
-    "data.patch_cache",
-    "data.backend",
-    "data.pin_memory",
-    "trainer.accelerator",
-    "trainer.strategy",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.precision",
-    "trainer.log_every_n_steps",
-    "checkpoint_every_n_steps",
-)
 
 
 @dataclasses.dataclass
@@ -140,15 +118,15 @@ class DataConfig:
         pin_memory: pin host memory when training on CUDA.
     """
 
-    tiles: str | None = None
-    features: str | None = None
+    tiles: str | None = non_result(None)
+    features: str | None = non_result(None)
     batch_size: int = 64
-    num_workers: int = 8
-    patch_cache: str | None = None
-    backend: str = "auto"
+    num_workers: int = non_result(8)
+    patch_cache: str | None = non_result(None)
+    backend: str = non_result("auto")
     min_tissue_patches: int = 1
     max_samples: int | None = None
-    pin_memory: bool = True
+    pin_memory: bool = non_result(True)
 
 
 @dataclasses.dataclass
@@ -235,22 +213,26 @@ class TrainerConfig:
         deterministic: ``torch.use_deterministic_algorithms``.
     """
 
-    accelerator: str = "auto"
-    devices: Any = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "auto"
+    accelerator: str = hardware("auto")
+    devices: Any = hardware("auto")
+    num_nodes: int = hardware(1)
+    strategy: str = hardware("auto")
+    precision: str = hardware("auto")
     max_epochs: int = 100
     max_steps: int = -1
     accumulate_grad_batches: int = 1
     limit_train_batches: Any = 1.0
-    log_every_n_steps: int = 50
+    log_every_n_steps: int = non_result(50)
     deterministic: bool = False
 
 
 @dataclasses.dataclass
 class PretrainConfig:
     """Settings of the DINO pretraining stage; see ``conf/pretrain_256.yaml`` / ``_4k.yaml``.
+
+    Paths, logging and worker counts are declared ``non_result``; device count, nodes,
+    strategy and precision ``hardware``: both may change when an interrupted run is resumed
+    (a different device count changes the global batch, which ``DinoModule`` reports).
 
     Attributes:
         level: ``256`` (ViT-256 on patches) or ``4k`` (ViT-4K on feature grids).
@@ -263,11 +245,11 @@ class PretrainConfig:
     """
 
     level: str = "256"
-    out: str = "???"
-    resume: bool = False
-    overwrite: bool = False
+    out: str = non_result("???")
+    resume: bool = non_result(False)
+    overwrite: bool = non_result(False)
     seed: int = 0
-    checkpoint_every_n_steps: int = 1000
+    checkpoint_every_n_steps: int = non_result(1000)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
@@ -276,7 +258,7 @@ class PretrainConfig:
     crops256: TileCropConfig = dataclasses.field(default_factory=TileCropConfig)
     crops4k: GridCropConfig = dataclasses.field(default_factory=GridCropConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -286,8 +268,8 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: PretrainConfig) -> None:
     """Raise :class:`ConfigError` naming the first invalid value."""
-    _check(str(cfg.level) in LEVELS, f"level must be one of {', '.join(LEVELS)}, got '{cfg.level}'")
-    if str(cfg.level) == "256":
+    _check(cfg.level in LEVELS, f"level must be one of {', '.join(LEVELS)}, got '{cfg.level}'")
+    if cfg.level == "256":
         _check(bool(cfg.data.tiles), "level 256 needs data.tiles (TILES=<tile-stage output>)")
     else:
         _check(bool(cfg.data.features), "level 4k needs data.features (FEATURES=<store folder>)")

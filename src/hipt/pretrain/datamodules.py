@@ -19,10 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 from hipt.errors import HiptError
 from hipt.features import open_store
 from hipt.models.grid import bag_to_grid
-from hipt.pretrain.patch_cache import build_patch_cache, open_patch_cache, read_patch
+from hipt.pretrain.patch_cache import build_patch_cache, open_patch_cache
 from hipt.pretrain.sampling import SampleKey, ShardedEpochSampler
-from hipt.slides import open_slide
-from hipt.slides.regions import patch_origins, read_regions
+from hipt.slides.geometry import SlideGeometry, open_slide_at
+from hipt.slides.pixels import read_patch
+from hipt.slides.regions import read_metadata
+from hipt.slides.tiles import TileSet, load_tiles
 
 log = logging.getLogger(__name__)
 
@@ -35,42 +37,34 @@ class DinoSample(NamedTuple):
     meta: dict[str, Any]
 
 
-def tissue_patches(regions: pd.DataFrame) -> pd.DataFrame:
-    """One row per tissue patch of the tiled regions: where to read it and how large.
+def tissue_patches(tiles: TileSet) -> pd.DataFrame:
+    """One row per tissue patch of the tiled regions: which slide, and its level-0 origin.
 
-    Built with per-region numpy operations and categorical slide columns, so the ~100M patches
-    of a TCGA-scale cohort stay a compact table (no Python object per patch).
+    Built with per-region numpy operations (no Python object per patch), so the ~100M patches
+    of a TCGA-scale cohort stay a compact table.
 
     Args:
-        regions: ``read_regions("regions.parquet")`` (``patch_mask`` as ``[g, g]`` arrays).
+        tiles: the tile stage's output (:func:`hipt.slides.tiles.load_tiles`).
 
     Returns:
-        Columns ``slide_id, slide_path, region, patch, x, y, level, read_px, patch_px``; ``x, y``
-        are level-0, ``read_px`` the side to read at ``level`` (resized to ``patch_px``).
+        Columns ``slide`` (index into ``tiles.slides``), ``slide_id`` (categorical), ``region``,
+        ``patch``, ``x``, ``y`` (level-0).
     """
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("row", "patch", "x", "y", "read_px")}
-    for i, r in enumerate(regions.itertuples(index=False)):
-        mask = np.asarray(r.patch_mask, dtype=bool).ravel()
-        grid = math.isqrt(mask.size)
-        keep = np.flatnonzero(mask)
-        origins = patch_origins(r.x, r.y, r.slide_mpp, r.target_mpp, r.patch_px, grid)[keep]
-        cols["row"].append(np.full(keep.size, i, dtype=np.int64))
-        cols["patch"].append(keep.astype(np.int16))
-        cols["x"].append(origins[:, 0])
-        cols["y"].append(origins[:, 1])
-        cols["read_px"].append(np.full(keep.size, max(1, round(r.read_size / grid)), np.int32))
+    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("slide", "region", "patch", "x", "y")}
+    for s, slide in enumerate(tiles.slides):
+        for region, mask in enumerate(slide.patch_mask):
+            keep = np.flatnonzero(mask)
+            x, y = (int(v) for v in slide.coords[region])
+            origins = slide.geometry.patch_origins(x, y)[keep]
+            cols["slide"].append(np.full(keep.size, s, dtype=np.int32))
+            cols["region"].append(np.full(keep.size, region, dtype=np.int32))
+            cols["patch"].append(keep.astype(np.int16))
+            cols["x"].append(origins[:, 0])
+            cols["y"].append(origins[:, 1])
     flat = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in cols.items()}
-    src = regions.iloc[flat.pop("row")].reset_index(drop=True)
-    return pd.DataFrame(
-        {
-            "slide_id": src["slide_id"].astype("category"),
-            "slide_path": src["slide_path"].astype("category"),
-            "region": src["region"].to_numpy(),
-            **flat,
-            "level": src["read_level"].to_numpy(),
-            "patch_px": src["patch_px"].to_numpy(),
-        }
-    )[["slide_id", "slide_path", "region", "patch", "x", "y", "level", "read_px", "patch_px"]]
+    ids = pd.Categorical.from_codes(flat["slide"], [t.slide_id for t in tiles.slides])
+    return pd.DataFrame({"slide": flat["slide"], "slide_id": ids, "region": flat["region"],
+                         "patch": flat["patch"], "x": flat["x"], "y": flat["y"]})  # fmt: skip
 
 
 def evenly(n: int, limit: int | None) -> np.ndarray:
@@ -103,6 +97,7 @@ class TilePatchDataset(Dataset[DinoSample]):
 
     Args:
         patches: :func:`tissue_patches` rows.
+        geometries: the tiled slides' geometries (``patches.slide`` indexes them).
         transform: ``(uint8 [P, P, 3], seed) -> views``.
         backend: slide reader backend.
         cache: folder of a patch cache built for exactly these rows, or ``None``.
@@ -111,30 +106,32 @@ class TilePatchDataset(Dataset[DinoSample]):
     def __init__(
         self,
         patches: pd.DataFrame,
+        geometries: list[SlideGeometry],
         transform: Callable[[np.ndarray, int], list[Tensor]],
         backend: str = "auto",
         cache: Path | None = None,
     ) -> None:
         patches = patches.reset_index(drop=True)
-        paths = patches["slide_path"].astype("category")
-        self.slide_paths = [str(p) for p in paths.cat.categories]
-        self.slide_code = paths.cat.codes.to_numpy()
-        self.where = patches[["x", "y", "level", "read_px", "patch_px"]].to_numpy(np.int64)
+        self.geometries = geometries
+        self.slide = patches["slide"].to_numpy(np.int32)
+        self.xy = patches[["x", "y"]].to_numpy(np.int64)
         self.transform = transform
         self.backend = backend
         self.cache = cache
         self._open = _PerProcess()
 
     def __len__(self) -> int:
-        return len(self.where)
+        return len(self.xy)
 
     def read(self, index: int) -> np.ndarray:
         """uint8 ``[patch_px, patch_px, 3]`` of patch ``index``."""
         if self.cache is not None:
             return np.asarray(self._open.get("cache", lambda: open_patch_cache(self.cache))[index])
-        path = self.slide_paths[self.slide_code[index]]
-        reader = self._open.get(path, lambda: open_slide(path, self.backend))
-        return read_patch(reader, *self.where[index])
+        geometry = self.geometries[self.slide[index]]
+        reader = self._open.get(
+            geometry.slide_id, lambda: open_slide_at(geometry, backend=self.backend)
+        )
+        return read_patch(reader, geometry, *self.xy[index])
 
     def __getitem__(self, key: SampleKey) -> DinoSample:
         views = self.transform(self.read(key.index), key.seed)
@@ -257,34 +254,58 @@ class TileDataModule(_DinoDataModule):
         pin_memory: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory)
-        path = Path(tiles)
-        self.regions_path = path / "regions.parquet" if path.is_dir() else path
+        self.tiles_path = Path(tiles)
         self.transform = transform
         self.backend = backend
         self.patch_cache = Path(patch_cache) if patch_cache else None
         self.max_samples = max_samples
+        self._tiles: TileSet | None = None
+
+    @property
+    def tiles(self) -> TileSet:
+        """The tile stage's output (read once)."""
+        if self._tiles is None:
+            self._tiles = load_tiles(self.tiles_path, grid=None)
+        return self._tiles
 
     def patches(self) -> pd.DataFrame:
         """The tissue patches used (after ``max_samples``)."""
-        if not self.regions_path.is_file():
-            raise HiptError(f"{self.regions_path}: no regions table; run `make tile` first")
-        table = tissue_patches(read_regions(self.regions_path))
+        table = tissue_patches(self.tiles)
         if table.empty:
-            raise HiptError(f"{self.regions_path}: the tiled regions hold no tissue patch")
+            raise HiptError(f"{self.tiles.path}: the tiled regions hold no tissue patch")
         return table.iloc[evenly(len(table), self.max_samples)].reset_index(drop=True)
+
+    def geometries(self) -> list[SlideGeometry]:
+        """Geometry of every tiled slide (what ``patches().slide`` indexes)."""
+        return [t.geometry for t in self.tiles.slides]
 
     def prepare_data(self) -> None:
         """Build the patch cache once (local rank 0), if one is configured."""
         if self.patch_cache is not None:
-            build_patch_cache(self.patch_cache, self.patches(), self.backend)
+            build_patch_cache(self.patch_cache, self.patches(), self.geometries(), self.backend)
 
     def setup(self, stage: str | None = None) -> None:
         """Index the tissue patches."""
         if self.dataset is None:
             table = self.patches()
-            cache = self.patch_cache if self.patch_cache is not None else None
-            self.dataset = TilePatchDataset(table, self.transform, self.backend, cache)
+            self.dataset = TilePatchDataset(
+                table, self.geometries(), self.transform, self.backend, self.patch_cache
+            )
             log.info("%d tissue patches from %d slide(s)", len(table), table.slide_id.nunique())
+
+    def upstream(self) -> dict[str, Any]:
+        """What the run read: the tile stage's metadata."""
+        return read_metadata(self.tiles.path)
+
+    def trained_on(self) -> dict[str, Any]:
+        """What the exported ViT-256 was trained on (recorded in its card)."""
+        geoms = self.geometries()
+        return {
+            "tiling_config_hash": self.tiles.tiling_hash,
+            "target_mpp": sorted({g.target_mpp for g in geoms}),
+            "patch_px": sorted({g.patch_px for g in geoms}),
+            "n_slides": len(geoms),
+        }
 
 
 class RegionGridDataModule(_DinoDataModule):
@@ -322,6 +343,7 @@ class RegionGridDataModule(_DinoDataModule):
         self.max_samples = max_samples
         self.stores: list[Path] = []
         self.store_meta: dict[str, Any] = {}
+        self._provenance: dict[str, Any] = {}
 
     def find_stores(self) -> list[Path]:
         """The store folders under ``features`` (or ``features`` itself)."""
@@ -366,5 +388,16 @@ class RegionGridDataModule(_DinoDataModule):
             "checkpoint_256_sha256": sha,
             "target_mpp": mpp,
         }
+        self._provenance = store.meta.provenance()
         self.dataset = RegionGridDataset(self.stores, index, self.transform)
         log.info("%d regions from %d feature store(s)", len(index), len(self.stores))
+
+    def upstream(self) -> dict[str, Any]:
+        """What the run read: counts and the patch encoder of the stores."""
+        return dict(self.store_meta)
+
+    def trained_on(self) -> dict[str, Any]:
+        """What the exported ViT-4K was trained on: the ViT-256 features of these stores."""
+        keys = ("model_256", "checkpoint_256_sha256", "feature_dim_256", "target_mpp",
+                "region_px", "patch_px")  # fmt: skip
+        return {k: self._provenance[k] for k in keys}

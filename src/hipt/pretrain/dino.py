@@ -48,6 +48,9 @@ class DinoModule(LightningModule):
         n_global_views: leading views that the teacher sees (2).
     """
 
+    #: Read by Lightning's ``ThroughputMonitor``: FLOPs per batch are not counted here.
+    flops_per_batch: int | None = None
+
     def __init__(
         self,
         student: MultiCropWrapper,

@@ -9,37 +9,36 @@ from typing import Any
 from torch import nn
 
 from hipt.io import remove_path
-from hipt.models.checkpoints import export_backbone
+from hipt.models import export_model
 
 BACKBONE = "backbone.safetensors"
 SIDECAR = "backbone.json"
 
 
 def export_teacher(
-    backbone: nn.Module, architecture: str, out_dir: str | Path, meta: dict[str, Any]
+    backbone: nn.Module, out_dir: Path, meta: dict[str, Any], trained_on: dict[str, Any] | None
 ) -> Path:
     """Write the teacher backbone (what HIPT uses downstream) next to the run's other outputs.
 
     Both files are written into a hidden temporary folder first and then renamed, so an
     earlier export (a resumed run) is replaced only by a complete new one. The result loads
-    strictly with ``hipt.models.build(architecture, checkpoint=path)``.
+    strictly with ``hipt.models.load(path)`` or ``hipt.models.build(name, checkpoint=path)``.
 
     Args:
-        backbone: the teacher's backbone (built by ``hipt.models.build(architecture)``).
-        architecture: registry key written to the sidecar.
+        backbone: the teacher's backbone (built by ``hipt.models.build``).
         out_dir: run folder.
-        meta: JSON-serialisable provenance stored under ``meta`` in the sidecar.
+        meta: JSON-serialisable provenance of the run, stored in the card's ``meta``.
+        trained_on: what the backbone was trained on (stored in the card's ``trained_on``).
 
     Returns:
         ``out_dir/backbone.safetensors``.
     """
-    out = Path(out_dir)
-    tmp = out / f".export.{os.getpid()}.tmp"
+    tmp = out_dir / f".export.{os.getpid()}.tmp"
     remove_path(tmp)
     try:
-        export_backbone(backbone, architecture, tmp / BACKBONE, extra_meta=meta)
-        os.replace(tmp / BACKBONE, out / BACKBONE)
-        os.replace(tmp / SIDECAR, out / SIDECAR)
+        export_model(backbone, tmp / BACKBONE, meta=meta, trained_on=trained_on)
+        os.replace(tmp / BACKBONE, out_dir / BACKBONE)
+        os.replace(tmp / SIDECAR, out_dir / SIDECAR)
     finally:
         remove_path(tmp)
-    return out / BACKBONE
+    return out_dir / BACKBONE

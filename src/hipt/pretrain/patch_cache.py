@@ -6,36 +6,28 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from hipt.errors import HiptError
 from hipt.io import atomic_output, atomic_write_json
-from hipt.slides import open_slide
+from hipt.slides.geometry import SlideGeometry, open_slide_at
+from hipt.slides.pixels import RESIZE, read_patch
 
 log = logging.getLogger(__name__)
 
 ARRAY = "patches.npy"
 INDEX = "index.json"
-KEY_COLUMNS = ["slide_path", "x", "y", "level", "read_px", "patch_px"]
+KEY_COLUMNS = ["slide", "x", "y"]
 
 
-def read_patch(reader: Any, x: int, y: int, level: int, read_px: int, patch_px: int) -> np.ndarray:
-    """Read ``read_px`` square at ``level`` from level-0 ``(x, y)``; resize to ``patch_px``."""
-    img = reader.read_region(int(x), int(y), int(level), int(read_px), int(read_px))
-    if read_px != patch_px:
-        size = (int(patch_px), int(patch_px))
-        img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BICUBIC))
-    return img
-
-
-def cache_key(patches: pd.DataFrame) -> str:
-    """sha256 of where every patch is read from (a cache serves exactly one patch list)."""
-    blob = patches[KEY_COLUMNS].to_csv(index=False).encode()
-    return hashlib.sha256(blob).hexdigest()
+def cache_key(patches: pd.DataFrame, geometries: list[SlideGeometry]) -> str:
+    """sha256 of where and how every patch is read (a cache serves exactly one patch list)."""
+    h = hashlib.sha256(json.dumps([g.to_dict() for g in geometries], sort_keys=True).encode())
+    h.update(RESIZE.encode())
+    h.update(patches[KEY_COLUMNS].to_csv(index=False).encode())
+    return h.hexdigest()
 
 
 def _matches(folder: Path, key: str) -> bool:
@@ -48,25 +40,31 @@ def _matches(folder: Path, key: str) -> bool:
         return False
 
 
-def build_patch_cache(folder: str | Path, patches: pd.DataFrame, backend: str = "auto") -> Path:
+def build_patch_cache(
+    folder: str | Path,
+    patches: pd.DataFrame,
+    geometries: list[SlideGeometry],
+    backend: str = "auto",
+) -> Path:
     """Write ``folder/patches.npy`` (``[N, P, P, 3]`` uint8) unless it already holds ``patches``.
 
     Args:
         folder: cache folder.
         patches: :func:`hipt.pretrain.datamodules.tissue_patches` rows (one patch size).
+        geometries: the slides' geometries (``patches.slide`` indexes them).
         backend: slide reader backend.
 
     Returns:
         The array path.
     """
     folder = Path(folder)
-    key = cache_key(patches)
+    key = cache_key(patches, geometries)
     if _matches(folder, key):
         log.info("patch cache %s is up to date (%d patches)", folder, len(patches))
         return folder / ARRAY
-    sizes = patches.patch_px.unique()
+    sizes = sorted({geometries[s].patch_px for s in np.unique(patches["slide"])})
     if len(sizes) != 1:
-        raise HiptError(f"patch cache needs one patch size, the regions have {sorted(sizes)}")
+        raise HiptError(f"patch cache needs one patch size, the regions have {sizes}")
     p = int(sizes[0])
     folder.mkdir(parents=True, exist_ok=True)
     log.info(
@@ -80,10 +78,11 @@ def build_patch_cache(folder: str | Path, patches: pd.DataFrame, backend: str = 
         arr = np.lib.format.open_memmap(
             tmp, mode="w+", dtype=np.uint8, shape=(len(patches), p, p, 3)
         )
-        for slide_path, rows in patches.groupby("slide_path", sort=False, observed=True):
-            with open_slide(slide_path, backend=backend) as reader:
+        for s, rows in patches.groupby("slide", sort=False):
+            geometry = geometries[int(s)]
+            with open_slide_at(geometry, backend=backend) as reader:
                 for i, r in zip(rows.index, rows.itertuples(index=False), strict=True):
-                    arr[i] = read_patch(reader, r.x, r.y, r.level, r.read_px, p)
+                    arr[i] = read_patch(reader, geometry, r.x, r.y)
         arr.flush()
         del arr
     atomic_write_json(folder / INDEX, {"key": key, "n": len(patches), "patch_px": p})

@@ -5,32 +5,33 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning
 import torch
 from lightning.pytorch import Callback, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
 from omegaconf import OmegaConf
 
-from hipt.config import config_hash, save_resolved, to_container
+from hipt.config import HARDWARE, NON_RESULT, keys_with_role, to_container
 from hipt.errors import ConfigError, HiptError, StaleOutputError
-from hipt.io import clean_stale_tmp, remove_path
-from hipt.lock import RunLock
-from hipt.models import available, build
-from hipt.pretrain.callbacks import RankSync, SaveOnException, Throughput
-from hipt.pretrain.config import RESUME_FREE_KEYS, PretrainConfig, validate
-from hipt.pretrain.datamodules import RegionGridDataModule, TileDataModule
+from hipt.io import remove_path
+from hipt.models import build, model_spec
+from hipt.models.runtime import resolve_precision
+from hipt.models.spec import PATCH_ENCODER, REGION_ENCODER
+from hipt.pretrain.callbacks import RankSync, SaveOnException
+from hipt.pretrain.config import PretrainConfig, validate
+from hipt.pretrain.datamodules import DinoSample, RegionGridDataModule, TileDataModule
 from hipt.pretrain.dino import DinoModule
 from hipt.pretrain.export import BACKBONE, SIDECAR, export_teacher
 from hipt.pretrain.heads import MultiCropWrapper, build_head
 from hipt.pretrain.loss import DinoCriterion
 from hipt.pretrain.schedules import DinoOptim, global_batch_size
 from hipt.pretrain.transforms import GridMultiCrop, TileMultiCrop
-from hipt.provenance import RunInfo, sha256_file
-from hipt.slides.regions import read_metadata
-from hipt.tracking import create_logger, finish
+from hipt.provenance import sha256_file
+from hipt.stage import StageRun, is_launch_rank_zero
 
 log = logging.getLogger(__name__)
 
@@ -38,23 +39,8 @@ STAGE = "pretrain"
 CKPT_DIR = "checkpoints"
 LAST = "last.ckpt"
 OUTPUTS = (CKPT_DIR, BACKBONE, SIDECAR, "run.json", "resolved_config.yaml", "wandb")
-HASH_EXCLUDE = ("out", "resume", "overwrite", "wandb")
-
-
-def launched_as_rank_zero() -> bool:
-    """False in the extra processes of a DDP launch (Lightning children, SLURM/torchrun ranks)."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
-        if os.environ.get(var, "0") not in ("", "0"):
-            return False
-    return True
-
-
-def resolve_precision(cfg: PretrainConfig) -> str:
-    """``auto`` -> ``bf16-mixed`` when CUDA trains, ``32-true`` on CPU (no bf16 fast path)."""
-    if cfg.trainer.precision != "auto":
-        return str(cfg.trainer.precision)
-    on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
-    return "bf16-mixed" if on_gpu else "32-true"
+#: The model kind each level trains.
+LEVEL_KIND = {"256": PATCH_ENCODER, "4k": REGION_ENCODER}
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -73,7 +59,7 @@ def resume_conflicts(cfg: PretrainConfig, out: Path) -> list[str]:
         return []
     saved = _flat(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True))
     now = _flat(to_container(cfg))
-    free = tuple(RESUME_FREE_KEYS)
+    free = keys_with_role(PretrainConfig, NON_RESULT) + keys_with_role(PretrainConfig, HARDWARE)
     diff = []
     for key in sorted(set(saved) | set(now)):
         if any(key == f or key.startswith(f + ".") for f in free):
@@ -92,7 +78,6 @@ def prepare_out(cfg: PretrainConfig, out: Path) -> Path | None:
         StaleOutputError: ``resume=true`` with settings that change the run.
     """
     last = out / CKPT_DIR / LAST
-    clean_stale_tmp(out)
     if cfg.overwrite:
         for name in OUTPUTS:
             remove_path(out / name)
@@ -124,15 +109,13 @@ def prepare_out(cfg: PretrainConfig, out: Path) -> Path | None:
 def build_module(cfg: PretrainConfig) -> DinoModule:
     """Student (drop-path) and teacher backbones from the registry, heads, loss, schedules."""
     lightning.seed_everything(cfg.seed, workers=False, verbose=False)
-    name, level = cfg.model.name, str(cfg.level)
-    if name not in available():
-        raise ConfigError(f"unknown model.name '{name}'; choose one of {', '.join(available())}")
+    name, level = cfg.model.name, cfg.level
+    kind = model_spec(name).kind
+    if kind != LEVEL_KIND[level]:
+        raise ConfigError(f"model.name '{name}' is a {kind.replace('_', ' ')}, which level "
+                          f"{level} cannot train (it trains a {LEVEL_KIND[level].replace('_', ' ')})")  # fmt: skip
     student = build(name, drop_path_rate=cfg.model.drop_path_rate)
     teacher = build(name)
-    is_grid_model = hasattr(student, "input_dim")
-    if is_grid_model != (level == "4k"):
-        kind = "a feature-grid (ViT-4K)" if is_grid_model else "an image (ViT-256)"
-        raise ConfigError(f"model.name '{name}' is {kind} model, which level {level} cannot train")
     h = cfg.head
     heads = [
         build_head(
@@ -176,7 +159,7 @@ def build_datamodule(
         "max_samples": d.max_samples,
         "pin_memory": d.pin_memory,
     }
-    if str(cfg.level) == "256":
+    if cfg.level == "256":
         transform = TileMultiCrop(**to_container(cfg.crops256))
         return TileDataModule(
             d.tiles, transform, backend=d.backend, patch_cache=d.patch_cache, **common
@@ -200,6 +183,11 @@ def cpu_threads_per_process(trainer: Trainer) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
 
 
+def n_samples(batch: DinoSample) -> int:
+    """Samples in a collated DINO batch (the first view's batch dimension)."""
+    return int(batch.data[0].shape[0])
+
+
 def build_trainer(
     cfg: PretrainConfig, out: Path, logger: Any, callbacks: list[Callback]
 ) -> Trainer:
@@ -219,7 +207,7 @@ def build_trainer(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=resolve_precision(cfg),
+        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),  # type: ignore[arg-type]
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
@@ -238,12 +226,13 @@ def build_trainer(
 
 
 def _inputs(cfg: PretrainConfig) -> list[str]:
-    return [str(cfg.data.tiles if str(cfg.level) == "256" else cfg.data.features)]
+    return [str(cfg.data.tiles if cfg.level == "256" else cfg.data.features)]
 
 
 def train(
     cfg: PretrainConfig,
     ckpt_path: Path | None,
+    run: StageRun,
     callbacks: list[Callback] | None = None,
     module: DinoModule | None = None,
 ) -> int:
@@ -252,6 +241,7 @@ def train(
     Args:
         cfg: validated stage config.
         ckpt_path: Lightning checkpoint to resume from.
+        run: the stage run holding ``cfg.out`` (its W&B logger is used).
         callbacks: extra callbacks (tests).
         module: the module from :func:`build_module` (built here when omitted).
     """
@@ -259,22 +249,25 @@ def train(
     module = module if module is not None else build_module(cfg)
     data = build_datamodule(cfg, module)
     data.setup("fit")
-    logger = create_logger(cfg.wandb, STAGE, out, cfg, name=f"{STAGE}-{cfg.level}")
-    throughput, sync = Throughput(global_batch=0), RankSync()
-    ok = False
-    try:
-        trainer = build_trainer(cfg, out, logger, [throughput, sync, *(callbacks or [])])
-        cpu_threads_per_process(trainer)
-        throughput.global_batch = global_batch_size(
-            cfg.data.batch_size, trainer.world_size, trainer.accumulate_grad_batches
-        )
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
-        trainer.save_checkpoint(out / CKPT_DIR / LAST, weights_only=False)
-        if trainer.is_global_zero:
-            _finish_run(cfg, trainer, module, data, ckpt_path, throughput, sync)
-        ok = True
-    finally:
-        finish(logger, ok)  # a later run in this process must not log into this W&B run
+    sync = RankSync()
+    throughput = ThroughputMonitor(batch_size_fn=n_samples)
+    trainer = build_trainer(cfg, out, run.logger, [throughput, sync, *(callbacks or [])])
+    cpu_threads_per_process(trainer)
+    start_step, t0 = trainer.global_step, time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    seconds = time.perf_counter() - t0
+    trainer.save_checkpoint(out / CKPT_DIR / LAST, weights_only=False)
+    if trainer.is_global_zero:
+        batch = global_batch_size(cfg.data.batch_size, trainer.world_size,
+                                  trainer.accumulate_grad_batches)  # fmt: skip
+        steps = trainer.global_step - start_step
+        speed = {
+            "fit_seconds": round(seconds, 3),
+            "steps_per_s": round(steps / seconds, 4) if seconds > 0 else None,
+            "samples_per_s": round(steps * batch / seconds, 2) if seconds > 0 else None,
+            **{k: float(v) for k, v in trainer.logged_metrics.items() if k.endswith("_per_sec")},
+        }
+        _finish_run(cfg, trainer, module, data, ckpt_path, batch, speed, sync, run)
     return 0
 
 
@@ -284,48 +277,37 @@ def _finish_run(
     module: DinoModule,
     data: TileDataModule | RegionGridDataModule,
     ckpt_path: Path | None,
-    throughput: Throughput,
+    global_batch: int,
+    speed: dict[str, Any],
     sync: RankSync,
+    run: StageRun,
 ) -> None:
     """Rank 0 after training: check rank agreement, export the teacher, write ``run.json``."""
-    out = Path(cfg.out)
     if len(set(sync.digests)) > 1:
         raise HiptError(f"ranks ended with different weights ({sync.digests}); DDP is broken")
-    chash = config_hash(cfg, exclude=HASH_EXCLUDE)
-    inputs = _inputs(cfg)
-    upstream = (
-        read_metadata(data.regions_path) if isinstance(data, TileDataModule) else data.store_meta
-    )
+    upstream = data.upstream()
     progress = {
         "global_step": trainer.global_step,
         "epoch": trainer.current_epoch,
         "world_size": trainer.world_size,
-        "global_batch": throughput.global_batch,
+        "global_batch": global_batch,
         "precision": str(trainer.precision),
         "resumed_from": str(ckpt_path or ""),
     }
     meta = {
         "stage": STAGE,
-        "level": str(cfg.level),
-        "config_hash": chash,
+        "level": cfg.level,
+        "config_hash": run.config_hash,
         "teacher": True,
-        "input": inputs[0],
+        "input": _inputs(cfg)[0],
         "upstream": upstream,
         **progress,
     }
-    path = export_teacher(module.teacher.backbone, cfg.model.name, out, meta)
-    extra = {
-        "status": "done",
-        **progress,
-        "upstream": upstream,
-        "throughput": throughput.summary,
-        "rank_digests": sync.digests,
-        "backbone_sha256": sha256_file(path),
-    }
-    RunInfo.collect(STAGE, chash, inputs=inputs, extra=extra).write(out)
-    log.info(
-        "pretrain-%s: %d steps, %s -> %s", cfg.level, trainer.global_step, throughput.summary, path
-    )
+    trained_on = data.trained_on()
+    path = export_teacher(module.teacher.backbone, Path(cfg.out), meta, trained_on)
+    run.done({**progress, "upstream": upstream, "throughput": speed,
+              "rank_digests": sync.digests, "backbone_sha256": sha256_file(path)})  # fmt: skip
+    log.info("pretrain-%s: %d steps, %s -> %s", cfg.level, trainer.global_step, speed, path)
 
 
 def run(cfg: PretrainConfig) -> int:
@@ -333,16 +315,15 @@ def run(cfg: PretrainConfig) -> int:
     validate(cfg)
     module = build_module(cfg)  # model errors surface before anything is written
     out = Path(cfg.out)
-    if not launched_as_rank_zero():
-        # A DDP child: rank 0 already applied the output policy and holds the lock.
-        last = out / CKPT_DIR / LAST
-        return train(cfg, last if cfg.resume and last.is_file() else None, module=module)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        ckpt = prepare_out(cfg, out)
-        save_resolved(cfg, out)
-        extra = {"status": "running", "resumed_from": str(ckpt or "")}
-        RunInfo.collect(
-            STAGE, config_hash(cfg, exclude=HASH_EXCLUDE), inputs=_inputs(cfg), extra=extra
-        ).write(out)
-        return train(cfg, ckpt, module=module)
+    rank0 = is_launch_rank_zero()
+    with StageRun(
+        STAGE, cfg, out, inputs=_inputs(cfg), rank_zero=rank0,
+        prepare=lambda: prepare_out(cfg, out), wandb_name=f"{STAGE}-{cfg.level}",
+    ) as stage:  # fmt: skip
+        if rank0:
+            ckpt = stage.prepared
+            stage.record("running", {"resumed_from": str(ckpt or "")})
+        else:  # a DDP child: rank 0 already applied the output policy and holds the lock
+            last = out / CKPT_DIR / LAST
+            ckpt = last if cfg.resume and last.is_file() else None
+        return train(cfg, ckpt, stage, module=module)

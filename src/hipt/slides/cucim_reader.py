@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hipt.errors import SlideError
+from hipt.errors import SlideError, one_line
 from hipt.slides.readers import READERS, BaseReader, whiten_outside
-from hipt.slides.tiff_probe import TiffProbe, TileChecker, one_line
+from hipt.slides.tiff_probe import TiffProbe, TileChecker
 
 if TYPE_CHECKING:
     import torch

@@ -17,6 +17,18 @@ SLIDE_EXTENSIONS = tuple(SUFFIX_BACKENDS)
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
+def strip_slide_suffix(name: str) -> str | None:
+    """``name`` without a trailing slide-file suffix (``x.svs`` -> ``x``), or None without one.
+
+    Official HIPT cohort CSVs and split files list slides as ``<uuid>.svs``.
+    """
+    lower = name.lower()
+    for suffix in SLIDE_EXTENSIONS:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class SlideEntry:
     """One slide to process.

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from hipt.errors import SlideError
+from hipt.errors import SlideError, one_line
 from hipt.slides.readers import READERS, BaseReader
-from hipt.slides.tiff_probe import TiffProbe, one_line
+from hipt.slides.tiff_probe import TiffProbe
 
 log = logging.getLogger(__name__)
 

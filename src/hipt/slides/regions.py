@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -13,10 +14,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hipt.slides.tiling import LevelChoice, RegionSelection
+from hipt.slides.geometry import SlideGeometry
+from hipt.slides.tiling import RegionSelection
 
-# Key of the JSON blob in the parquet schema metadata (per-slide files and regions.parquet).
+#: Key of the JSON blob in the parquet schema metadata (per-slide files and regions.parquet).
 META_KEY = b"hipt"
+#: Patches per region side in HIPT (4096-px regions of 256-px patches); feature stores and the
+#: ViT-4K hold 16 x 16 grids.
+GRID = 16
 
 REGION_SCHEMA = pa.schema(
     [
@@ -32,6 +37,10 @@ REGION_SCHEMA = pa.schema(
         ("patch_px", pa.int32()),
         ("target_mpp", pa.float64()),
         ("slide_mpp", pa.float64()),  # level-0 µm/px actually used (after any override)
+        ("mpp_source", pa.string()),  # aperio | tiff-resolution | openslide | override | manifest
+        ("slide_width", pa.int64()),  # level-0 size of the slide
+        ("slide_height", pa.int64()),
+        ("backend", pa.string()),  # reader that tiled it
         ("tissue_fraction", pa.float32()),
         ("n_tissue_patches", pa.int32()),
         ("patch_mask", pa.list_(pa.bool_())),  # grid*grid bools, row-major (index r*grid + c)
@@ -47,14 +56,14 @@ def patch_grid(region_px: int, patch_px: int) -> int:
     return region_px // patch_px
 
 
-def patch_index(row: int, col: int, grid: int = 16) -> int:
+def patch_index(row: int, col: int, grid: int = GRID) -> int:
     """Row-major index of patch ``(row, col)``: ``row * grid + col``."""
     if not (0 <= row < grid and 0 <= col < grid):
         raise ValueError(f"patch ({row}, {col}) is outside a {grid}x{grid} grid")
     return row * grid + col
 
 
-def patch_rowcol(index: int, grid: int = 16) -> tuple[int, int]:
+def patch_rowcol(index: int, grid: int = GRID) -> tuple[int, int]:
     """Inverse of :func:`patch_index`: ``divmod(index, grid)``."""
     if not 0 <= index < grid * grid:
         raise ValueError(f"patch index {index} is outside [0, {grid * grid})")
@@ -68,7 +77,7 @@ def patch_size_l0(mpp: float, target_mpp: float, patch_px: int = 256) -> float:
 
 
 def patch_origins(
-    x: int, y: int, mpp: float, target_mpp: float, patch_px: int = 256, grid: int = 16
+    x: int, y: int, mpp: float, target_mpp: float, patch_px: int = 256, grid: int = GRID
 ) -> np.ndarray:
     """Level-0 top-left of every patch of the region at ``(x, y)``, in patch-index order.
 
@@ -93,7 +102,7 @@ def patch_at(
     mpp: float,
     target_mpp: float,
     patch_px: int = 256,
-    grid: int = 16,
+    grid: int = GRID,
 ) -> int:
     """Index of the patch of region ``(x, y)`` that holds level-0 point ``(px, py)``.
 
@@ -122,40 +131,47 @@ def unflatten_mask(values: Sequence[bool] | np.ndarray) -> np.ndarray:
     return arr.reshape(grid, grid)
 
 
-def regions_table(
-    slide_id: str,
-    slide_path: str,
-    slide_mpp: float,
-    target_mpp: float,
-    region_px: int,
-    patch_px: int,
-    choice: LevelChoice,
-    read_downsample: float,
-    selection: RegionSelection,
-) -> pa.Table:
+#: Table columns that hold each :class:`SlideGeometry` field (the rest are named alike).
+GEOMETRY_COLUMNS = {"path": "slide_path", "mpp": "slide_mpp", "width": "slide_width",
+                    "height": "slide_height"}  # fmt: skip
+
+
+def regions_table(geometry: SlideGeometry, selection: RegionSelection) -> pa.Table:
     """One slide's kept regions as a table with :data:`REGION_SCHEMA`."""
     n = len(selection.origins)
-    read_size = choice.read_size(region_px)
     masks = selection.patch_masks.reshape(n, -1) if n else np.zeros((0, 0), bool)
+    per_slide = {GEOMETRY_COLUMNS.get(k, k): v for k, v in geometry.to_dict().items()}
     data: dict[str, Any] = {
-        "slide_id": [slide_id] * n,
+        **{k: [v] * n for k, v in per_slide.items()},
         "region": list(range(n)),
         "grid_index": list(selection.grid_index),
         "x": [int(o[0]) for o in selection.origins],
         "y": [int(o[1]) for o in selection.origins],
-        "read_level": [choice.level] * n,
-        "read_size": [read_size] * n,
-        "read_downsample": [float(read_downsample)] * n,
-        "region_px": [region_px] * n,
-        "patch_px": [patch_px] * n,
-        "target_mpp": [float(target_mpp)] * n,
-        "slide_mpp": [float(slide_mpp)] * n,
         "tissue_fraction": [float(f) for f in selection.tissue_fraction],
         "n_tissue_patches": [int(m.sum()) for m in masks],
         "patch_mask": [flatten_mask(m) for m in masks],
-        "slide_path": [slide_path] * n,
     }
     return pa.Table.from_pydict(data, schema=REGION_SCHEMA)
+
+
+def geometry_of(rows: pd.DataFrame) -> SlideGeometry:
+    """The :class:`SlideGeometry` of one slide's rows of a regions table.
+
+    Raises:
+        ValueError: the rows disagree on a per-slide value, or a column is missing (a table
+            written by an older hipt: re-tile).
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(SlideGeometry):
+        col = GEOMETRY_COLUMNS.get(f.name, f.name)
+        if col not in rows.columns:
+            raise ValueError(f"no '{col}' column (a table of an older hipt version); re-tile")
+        uniq = pd.unique(rows[col])
+        if len(uniq) != 1:
+            raise ValueError(f"slide rows disagree on {col}: {list(uniq)[:5]}")
+        value = uniq[0]
+        values[f.name] = value.item() if hasattr(value, "item") else value
+    return SlideGeometry.from_dict(values)
 
 
 def with_metadata(table: pa.Table, meta: dict[str, Any]) -> pa.Table:
@@ -184,5 +200,5 @@ def read_regions(path: str | Path) -> pd.DataFrame:
 def patch_masks(df: pd.DataFrame) -> np.ndarray:
     """Stack the ``patch_mask`` column of :func:`read_regions` into ``[R, grid, grid]`` bool."""
     if len(df) == 0:
-        return np.zeros((0, 16, 16), dtype=bool)
+        return np.zeros((0, GRID, GRID), dtype=bool)
     return np.stack([np.asarray(m, dtype=bool) for m in df["patch_mask"]])

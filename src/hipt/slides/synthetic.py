@@ -23,7 +23,7 @@ _NOISE_TILES = 8
 _BACKGROUND = 243  # grey level of the glass, as on real scans (not pure 255)
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
+def saturation_unit(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation in [0, 1] of RGB uint8 ``[..., 3]``: ~0 on glass, high on stained tissue."""
     rgb = rgb.astype(np.float32)
     hi, lo = rgb.max(axis=-1), rgb.min(axis=-1)
@@ -35,7 +35,7 @@ def _sample_tiles(path: str, tile_px: int, min_tissue: float) -> np.ndarray:
     import tifffile
 
     image = tifffile.imread(path, key=0)
-    tissue = saturation(image) > 0.08
+    tissue = saturation_unit(image) > 0.08
     stride = tile_px // 2
     tiles = []
     for y in range(0, image.shape[0] - tile_px + 1, stride):

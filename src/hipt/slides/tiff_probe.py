@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from hipt.errors import SlideError
+from hipt.errors import SlideError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +214,6 @@ def _plausible(path: Path, mpp: float, what: str) -> float | None:
         return mpp
     log.warning("%s: ignoring %s of %.4g µm/px (not a microscope resolution)", path, what, mpp)
     return None
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one line: its type and message with whitespace collapsed."""
-    return " ".join(f"{type(err).__name__}: {err}".split())
 
 
 class TileChecker:

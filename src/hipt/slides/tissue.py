@@ -77,7 +77,7 @@ def validate_tissue_config(cfg: TissueConfig) -> None:
         raise ConfigError(f"tissue.max_hole_area_um2 must be >= 0, got {cfg.max_hole_area_um2}")
 
 
-def saturation(rgb: np.ndarray) -> np.ndarray:
+def saturation_255(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation scaled to 0-255 as OpenCV computes it for uint8 images.
 
     Args:
@@ -191,7 +191,7 @@ def segment_tissue(
     cfg = cfg or TissueConfig()
     if downsample <= 0 or mpp <= 0:
         raise ValueError(f"downsample and mpp must be > 0, got {downsample}, {mpp}")
-    sat = saturation(rgb)
+    sat = saturation_255(rgb)
     threshold = otsu_threshold(sat) if cfg.use_otsu else int(cfg.sat_threshold)
     binary = majority_filter(sat > threshold, int(cfg.median_px))
     binary = close_mask(binary, int(cfg.close_px))

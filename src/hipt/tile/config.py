@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from hipt.config import WandbConfig, config_hash
+from hipt.config import WandbConfig, config_hash, non_result
 from hipt.errors import ConfigError
 from hipt.slides.tissue import TissueConfig, validate_tissue_config
-
-# Keys that never change which regions a slide gets; everything else goes into the tiling hash,
-# so a key added later is conservatively treated as result-changing. ``slides`` is left out
-# because each slide's own identity (size, mtime) is stored with its output; ``backend`` because
-# every backend must return the same pixels.
-NON_RESULT_KEYS = ("slides", "out", "wandb", "num_workers", "overwrite", "backend")
 
 
 @dataclasses.dataclass
@@ -40,8 +34,12 @@ class TileConfig:
         wandb: Weights & Biases settings.
     """
 
-    slides: str = "???"
-    out: str = "data/tiles"
+    # Fields declared non_result never change which regions a slide gets; everything else goes
+    # into the tiling hash, so a key added later is conservatively treated as result-changing.
+    # ``slides`` is non-result because each slide's own identity (size, mtime) is stored with
+    # its output; ``backend`` because every backend must return the same pixels.
+    slides: str = non_result("???")
+    out: str = non_result("data/tiles")
     target_mpp: float = 0.5
     region_px: int = 4096
     patch_px: int = 256
@@ -49,13 +47,13 @@ class TileConfig:
     min_patch_tissue: float = 0.25
     mpp_tolerance: float = 0.02
     mpp_override: float | None = None
-    backend: str = "auto"
-    num_workers: int = 2
+    backend: str = non_result("auto")
+    num_workers: int = non_result(2)
     thumbnail_px: int = 2048
     verify_read: bool = True
-    overwrite: bool = False
+    overwrite: bool = non_result(False)
     tissue: TissueConfig = dataclasses.field(default_factory=TissueConfig)
-    wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
 def validate(cfg: TileConfig) -> None:
@@ -84,5 +82,5 @@ def validate(cfg: TileConfig) -> None:
 
 
 def tiling_hash(cfg: TileConfig) -> str:
-    """sha256 of the settings that change the regions (see :data:`NON_RESULT_KEYS`)."""
-    return config_hash(cfg, exclude=NON_RESULT_KEYS)
+    """sha256 of the settings that change the regions (the non-result fields left out)."""
+    return config_hash(cfg)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from stores import store_meta
 
-from hipt.features import FeatureStoreMeta, write_store
+from hipt.features import write_store
 from hipt.io import atomic_write_text
 
 SUBTYPES = ("A", "B", "C")
@@ -120,20 +121,13 @@ def make_planted_cohort(
                 f256[hit_region] += strength * _signal(basis_256, *args)
                 f4k[hit_region] += strength * _signal(basis_4k, *args)
             coords = np.stack([np.arange(m) * 4096, np.zeros(m)], 1).astype(np.int64)
-            meta = FeatureStoreMeta(
-                slide_id=sid,
-                source_path=f"synthetic/{sid}.svs",
-                source_size_bytes=0,
+            meta = store_meta(
+                sid,
                 model_256=model_256,
                 model_4k=model_4k,
-                checkpoint_256_sha256=None,
                 checkpoint_4k_sha256=checkpoint_4k_sha256,
-                random_weights=True,
                 feature_dim_256=dim_256,
                 feature_dim_4k=dim_4k,
-                target_mpp=0.5,
-                region_px=4096,
-                patch_px=256,
                 tiling_config_hash="synthetic",
                 dtype=dtype,
             )

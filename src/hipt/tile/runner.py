@@ -15,30 +15,18 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from hipt.config import save_resolved
-from hipt.errors import ConfigError, SlideError
-from hipt.io import atomic_output, atomic_write_json, clean_stale_tmp, remove_path
-from hipt.lock import RunLock
-from hipt.provenance import RunInfo
+from hipt.errors import ConfigError, SlideError, one_line
+from hipt.io import atomic_output, remove_path
+from hipt.slides.geometry import SlideGeometry
 from hipt.slides.inputs import SlideEntry, discover_slides
-from hipt.slides.qc import render_qc, write_qc
 from hipt.slides.readers import SlideReader, open_slide
-from hipt.slides.regions import (
-    REGION_SCHEMA,
-    read_metadata,
-    regions_table,
-    with_metadata,
-)
-from hipt.slides.tile_config import TileConfig, tiling_hash, validate
-from hipt.slides.tiling import (
-    LevelChoice,
-    RegionSelection,
-    choose_level,
-    region_size_l0,
-    select_regions,
-)
+from hipt.slides.regions import REGION_SCHEMA, read_metadata, regions_table, with_metadata
+from hipt.slides.tiles import REGIONS_FILE
+from hipt.slides.tiling import LevelChoice, RegionSelection, choose_level, select_regions
 from hipt.slides.tissue import TissueMask, segment_tissue
-from hipt.tracking import create_logger, finish
+from hipt.stage import StageRun
+from hipt.tile.config import TileConfig, tiling_hash, validate
+from hipt.tile.qc import render_qc, write_qc
 
 log = logging.getLogger(__name__)
 
@@ -169,31 +157,38 @@ def tile_slide(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> Sli
     """
     t0 = time.perf_counter()
     identity = source_identity(entry)
-    mpp_override = entry.mpp if entry.mpp is not None else cfg.mpp_override
-    with open_slide(entry.path, backend=cfg.backend, mpp_override=mpp_override) as reader:
+    given = entry.mpp if entry.mpp is not None else cfg.mpp_override
+    with open_slide(entry.path, backend=cfg.backend, mpp_override=given) as reader:
         t = _tile_reader(reader, cfg)
-        level_ds = float(reader.level_downsamples[t.choice.level])
-        table = regions_table(entry.slide_id, str(entry.path), reader.mpp, cfg.target_mpp,
-                              cfg.region_px, cfg.patch_px, t.choice, level_ds, t.sel)  # fmt: skip
-        region_l0 = region_size_l0(reader.mpp, cfg.target_mpp, cfg.region_px)
-        image = render_qc(t.thumb, t.mask, t.sel.origins, region_l0, t.sel.patch_masks)
-        meta = {
-            "stage": STAGE,
-            "config_hash": chash,
-            "source": identity,
-            "slide_id": entry.slide_id,
-            "backend": reader.backend,
-            "slide_mpp": reader.mpp,
-            "mpp_source": reader.mpp_source,
-            "level0_size": list(reader.level_dimensions[0]),
-            "read_level": t.choice.level,
-            "read_size": t.choice.read_size(cfg.region_px),
-            "upsampled": t.choice.upsampled,
-            "tissue_fraction": t.mask.fraction,
-            "n_candidates": t.sel.n_candidates,
-            "n_regions": len(t.sel.origins),
-            "warnings": t.warnings,
-        }
+        geometry = SlideGeometry(
+            slide_id=entry.slide_id,
+            path=str(entry.path),
+            backend=reader.backend,
+            width=int(reader.level_dimensions[0][0]),
+            height=int(reader.level_dimensions[0][1]),
+            mpp=float(reader.mpp),
+            mpp_source="manifest" if entry.mpp is not None else reader.mpp_source,
+            read_level=t.choice.level,
+            read_size=t.choice.read_size(cfg.region_px),
+            read_downsample=float(reader.level_downsamples[t.choice.level]),
+            target_mpp=float(cfg.target_mpp),
+            region_px=cfg.region_px,
+            patch_px=cfg.patch_px,
+        )
+    table = regions_table(geometry, t.sel)
+    image = render_qc(t.thumb, t.mask, t.sel.origins, geometry.region_side_l0, t.sel.patch_masks)
+    meta = {
+        "stage": STAGE,
+        "config_hash": chash,
+        "source": identity,
+        "slide_id": entry.slide_id,
+        "geometry": geometry.to_dict(),
+        "upsampled": t.choice.upsampled,
+        "tissue_fraction": t.mask.fraction,
+        "n_candidates": t.sel.n_candidates,
+        "n_regions": len(t.sel.origins),
+        "warnings": t.warnings,
+    }
     for warning in t.warnings:
         log.warning("%s: %s", entry.path, warning)
     parquet, png = slide_outputs(out, entry.slide_id)
@@ -203,13 +198,6 @@ def tile_slide(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> Sli
         pq.write_table(with_metadata(table, meta), tmp)
     seconds = time.perf_counter() - t0
     return SlideOutcome(entry, "ok", len(t.sel.origins), seconds, warnings=t.warnings)
-
-
-def _one_line(exc: BaseException, path: Path) -> str:
-    msg = " ".join(str(exc).split()) or type(exc).__name__
-    if not isinstance(exc, SlideError):
-        msg = f"{type(exc).__name__}: {msg}"
-    return msg if str(path) in msg or path.name in msg else f"{path}: {msg}"
 
 
 def process_entry(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> SlideOutcome:
@@ -233,7 +221,7 @@ def process_entry(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> 
         # would fail every slide alike: stop the run instead of reporting N identical failures.
         raise
     except Exception as exc:  # noqa: BLE001 - a bad slide must never stop the batch
-        msg = _one_line(exc, entry.path)
+        msg = one_line(exc, entry.path)
         log.error("slide %s failed: %s", entry.slide_id, msg)
         log.debug("traceback for %s", entry.slide_id, exc_info=True)
         remove_path(parquet)  # no partial or stale output for a failed slide
@@ -253,7 +241,7 @@ def concat_regions(out: Path, outcomes: list[SlideOutcome], chash: str) -> Path:
     ]
     table = pa.concat_tables(tables) if tables else REGION_SCHEMA.empty_table()
     meta = {"stage": STAGE, "config_hash": chash, "n_slides": len(tables)}
-    path = out / "regions.parquet"
+    path = out / REGIONS_FILE
     with atomic_output(path) as tmp:
         pq.write_table(with_metadata(table.cast(REGION_SCHEMA), meta), tmp)
     return path
@@ -320,40 +308,24 @@ def run(cfg: TileConfig) -> int:
     validate(cfg)
     entries = discover_slides(cfg.slides)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out):
-        for folder in (out, out / "slides", out / "qc"):
-            clean_stale_tmp(folder)
-        chash = tiling_hash(cfg)
-        save_resolved(cfg, out)
-        inputs = [cfg.slides, *(e.path for e in entries)]
-        RunInfo.collect(STAGE, chash, inputs=inputs).write(out)
-        logger = create_logger(cfg.wandb, STAGE, out, cfg)
-        summary: dict[str, Any] = {}
-        try:
-            outcomes = []
-            with logging_redirect_tqdm():
-                for i, entry in enumerate(tqdm(entries, desc="tile", unit="slide", disable=None)):
-                    outcomes.append(process_entry(entry, cfg, out, chash))
-                    _log_slide(logger, i, outcomes[-1], out)
-            concat_regions(out, outcomes, chash)
-            summary = summarize(outcomes, chash)
-            atomic_write_json(out / "summary.json", summary)
-            RunInfo.collect(STAGE, chash, inputs=inputs, extra={"totals": summary["totals"]}).write(
-                out
-            )
-            _log_totals(logger, summary, outcomes)
-        finally:
-            finish(logger, ok=bool(summary) and not summary["totals"]["failed"])
+    chash = tiling_hash(cfg)
+    inputs = [cfg.slides, *(e.path for e in entries)]
+    with StageRun(STAGE, cfg, out, inputs=inputs, subfolders=("slides", "qc"), chash=chash) as run:
+        outcomes = []
+        with logging_redirect_tqdm():
+            for i, entry in enumerate(tqdm(entries, desc="tile", unit="slide", disable=None)):
+                outcomes.append(process_entry(entry, cfg, out, chash))
+                _log_slide(run.logger, i, outcomes[-1], out)
+        concat_regions(out, outcomes, chash)
+        summary = summarize(outcomes, chash)
+        run.write_summary(summary)
+        _log_totals(run.logger, summary, outcomes)
+        run.done({"totals": summary["totals"]})
+        if summary["totals"]["failed"]:
+            run.close_logger(ok=False)
     totals = summary["totals"]
-    log.info(
-        "tile: %d ok, %d skipped, %d failed, %d regions -> %s",
-        totals["ok"],
-        totals["skipped"],
-        totals["failed"],
-        totals["regions"],
-        out,
-    )
+    log.info("tile: %d ok, %d skipped, %d failed, %d regions -> %s", totals["ok"],
+             totals["skipped"], totals["failed"], totals["regions"], out)  # fmt: skip
     if totals["failed"]:
         log.error("%d slide(s) failed; see %s", totals["failed"], out / "summary.json")
         return 1

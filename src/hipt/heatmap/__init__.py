@@ -1,0 +1,1 @@
+"""The heatmap stage: factorized HIPT attention drawn over a slide (PNG, HTML, top-k crops)."""
