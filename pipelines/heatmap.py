@@ -16,8 +16,9 @@ SHORTCUTS = {
     "CHECKPOINT4K": "checkpoint4k",
 }
 DEPRECATED = {
-    "slide_mpp": Deprecated(None, "ignored: the slide's MPP (and how tiling got it) comes from "
-                            "the feature store"),  # fmt: skip
+    "slide_mpp": Deprecated(
+        None, "ignored: the slide's MPP (and how tiling got it) comes from the feature store"
+    ),  # fmt: skip
 }
 
 

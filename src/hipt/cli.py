@@ -92,7 +92,17 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(_DropNoise())
-    for noisy in ("PIL", "matplotlib", "urllib3", "fsspec", "numcodecs", "asyncio", "numexpr"):
+    # Lightning prints through handlers of its own (each line twice, tips included); its lines
+    # go through ours instead, and its INFO chatter (TPU available, limit_train_batches ...)
+    # is left out: the stages log the device and precision they resolved.
+    for name in ("lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    quiet = (
+        *("PIL", "matplotlib", "urllib3", "fsspec", "numcodecs", "asyncio", "numexpr"),
+        *("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"),
+    )
+    for noisy in quiet:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Deprecation notices of dependencies are for their developers, not for our users.
     for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning):

@@ -33,14 +33,18 @@ NON_RESULT = "non_result"
 HARDWARE = "hardware"
 
 
-def non_result(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+def non_result(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING
+) -> Any:
     """A config field that never changes what the stage produces (paths, logging, workers)."""
     return dataclasses.field(
         default=default, default_factory=default_factory, metadata={ROLE: NON_RESULT}
     )
 
 
-def hardware(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING) -> Any:
+def hardware(
+    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING
+) -> Any:
     """A field that changes numerics (devices, precision) but may change when a run resumes."""
     return dataclasses.field(
         default=default, default_factory=default_factory, metadata={ROLE: HARDWARE}
@@ -91,7 +95,7 @@ def _flat_keys(cfg: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(cfg, DictConfig):
         for k in cfg.keys():
-            full = f"{prefix}{k}"
+            full = f"{prefix}{k!s}"
             keys.append(full)
             child = cfg._get_node(k)  # noqa: SLF001 - avoid resolving interpolations
             if isinstance(child, DictConfig):
@@ -196,7 +200,8 @@ def _drop(data: dict[str, Any], dotted: str) -> None:
 def result_view(cfg: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
     """The config as a dict without its :func:`non_result` keys (and the dotted ``exclude``)."""
     data = to_container(cfg)
-    declared = keys_with_role(type(cfg), NON_RESULT) if dataclasses.is_dataclass(cfg) else ()
+    schema: type = type(cfg)
+    declared = keys_with_role(schema, NON_RESULT) if dataclasses.is_dataclass(cfg) else ()
     for key in (*declared, *exclude):
         _drop(data, key)
     return data

@@ -140,8 +140,8 @@ class StageRun:
         """Write ``run.json`` (rank 0 only) with ``status`` and the stage's ``extra`` facts."""
         if not self.rank_zero:
             return None
-        info = RunInfo.collect(self.stage, self.config_hash, self.inputs, {"status": status,
-                                                                            **(extra or {})})  # fmt: skip
+        facts = {"status": status, **(extra or {})}
+        info = RunInfo.collect(self.stage, self.config_hash, self.inputs, facts)
         return info.write(self.out)
 
     def done(self, extra: dict[str, Any] | None = None) -> None:

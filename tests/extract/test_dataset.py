@@ -36,8 +36,10 @@ def _job(path: Path, coords: list[tuple[int, int]], mask: np.ndarray | None = No
     if path.exists():  # the slide's own size and MPP (open_slide_at checks them)
         with open_slide(path) as reader:
             (w, h), ds = reader.level_dimensions[0], reader.level_downsamples[level]
-            geom = dataclasses.replace(geom, width=w, height=h, mpp=reader.mpp,
-                                       mpp_source=reader.mpp_source, read_downsample=ds)  # fmt: skip
+            geom = dataclasses.replace(
+                geom, width=w, height=h, mpp=reader.mpp, mpp_source=reader.mpp_source,
+                read_downsample=ds,
+            )  # fmt: skip
     return SlideTiles(
         geom, np.asarray(coords, np.int64).reshape(m, 2),
         np.ones((m, 256), bool) if mask is None else mask,

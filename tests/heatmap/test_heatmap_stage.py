@@ -166,8 +166,9 @@ def test_planted_signal_model_puts_its_top_region_on_the_planted_region(
     shutil.copytree(square_setup.store, tmp_path / "squares.zarr")
     write_store(tmp_path / "squares.zarr", store.meta, store.feats256(), f4k,
                 store.coords(), store.patch_mask())  # fmt: skip
-    export_model(model, tmp_path / "fold_0" / "model", consumes="feats4k",
-                 trained_on=store.meta.provenance())  # the finetune stage's fold layout; fmt: skip
+    export_model(
+        model, tmp_path / "fold_0" / "model", consumes="feats4k", trained_on=store.meta.provenance()
+    )  # the finetune stage's fold layout; fmt: skip
     out = tmp_path / "out"
     run = args(square_setup, out, f"MODEL={tmp_path / 'fold_0'}", "topk.regions=2")
     run[1] = f"FEATURES={tmp_path / 'squares.zarr'}"

@@ -53,6 +53,8 @@ def test_pretrain_4k_end_to_end(stores_dir, tmp_path, capsys):
     """make pretrain-4k on tiny stores: outputs, strict export reproducing the teacher, refusal."""
     out = tmp_path / "run"
     assert main(_args(stores_dir, out)) == 0
+    err = capsys.readouterr().err  # our lines, not Lightning's tips or its INFO chatter
+    assert "Tip" not in err and "TPU available" not in err and "precision 32-true" in err
     for name in (
         "checkpoints/last.ckpt",
         "backbone.safetensors",

@@ -7,8 +7,10 @@ Exit codes (all stages): 0 done; 1 bad input or a failed slide (the others are d
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -21,6 +23,7 @@ from robust_utils import (
     tree_digest,
 )
 
+from hipt.errors import DamagedStoreError
 from hipt.features import open_store
 from hipt.samples import sample_slide_path
 from hipt.slides.synthetic import write_bad_inputs
@@ -205,3 +208,48 @@ def test_open_store_refuses_incomplete(sample_features, tmp_path):
     meta.write_text(json.dumps(doc))
     with pytest.raises(HiptError):
         open_store(copy)
+
+
+def _damage_a_feats256_chunk(store: Path) -> None:
+    """Overwrite one feats256 chunk with random bytes of the same length (a disk fault)."""
+    chunks = (p for p in (store / "feats256").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk = sorted(chunks)[0]
+    chunk.write_bytes(os.urandom(chunk.stat().st_size))
+
+
+def test_a_damaged_store_is_one_line_and_extraction_recomputes_it(sample_tiles, tmp_path, capsys):
+    """One feats256 chunk overwritten with random bytes: reading it is one DamagedStoreError
+    naming the store and the fix; the heatmap stops with that line (exit 1); extraction into
+    the same folder finds the store stale (its crc32c checksum fails) and recomputes exactly
+    the features it had made."""
+    features = tmp_path / "features"
+    args = [f"tiles={sample_tiles}", f"out={features}", *TINY_EXTRACT]
+    assert stage("extract_features", *args) == 0
+    store = next(features.glob("*.zarr"))
+    good = open_store(store).feats256()
+    _damage_a_feats256_chunk(store)
+    with pytest.raises(DamagedStoreError, match="damaged feature store .*make extract-features"):
+        open_store(store).feats256()
+    capsys.readouterr()
+    code = stage("heatmap", f"slide={sample_slide_path()}", f"features={store}",
+                 f"out={tmp_path / 'hm'}", "progress=false", "wandb.mode=disabled")  # fmt: skip
+    (line,) = error_lines(capsys.readouterr().err)
+    assert code == 1 and str(store) in line and "damaged feature store" in line
+    assert stage("extract_features", *args) == 0
+    assert "damaged" in capsys.readouterr().err
+    np.testing.assert_array_equal(open_store(store).feats256(), good)
+
+
+def test_finetune_stops_on_a_damaged_store_with_one_line(planted, tmp_path, capsys):
+    """Finetune on a cohort with one damaged store: exit 1, one error line naming the store."""
+    import shutil
+
+    features = tmp_path / "features"
+    shutil.copytree(planted.features, features)
+    store = sorted(features.glob("*.zarr"))[3]
+    _damage_a_feats256_chunk(store)
+    capsys.readouterr()
+    code = stage("finetune", "task=subtype", f"cohort={planted.csv}", f"features={features}",
+                 f"out={tmp_path / 'ft'}", *TINY_FINETUNE)  # fmt: skip
+    (line,) = error_lines(capsys.readouterr().err)
+    assert code == 1 and str(store) in line and "re-extract" in line

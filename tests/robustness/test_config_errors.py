@@ -73,3 +73,41 @@ def test_typo_in_a_yaml_file_names_the_file(tmp_path, capsys):
     assert stage("pretrain", f"config={yaml}", "data.tiles=t", f"out={tmp_path / 'o'}") == 2
     (error,) = error_lines(capsys.readouterr().err)
     assert "trainer.max_step" in error and str(yaml) in error
+
+
+def test_unknown_registry_names_exit_2_in_every_stage(sample_tiles, planted, tmp_path, capsys):
+    """A misspelt model name is a configuration error (exit 2) in every stage that takes one,
+    in one line naming the close registered name."""
+    runs = [
+        ("extract_features", [f"tiles={sample_tiles}", "model_256=vit256_tiny_tset"]),
+        ("pretrain", ["level=4k", "data.features=f", "model.name=vit4k_xss"]),
+        ("finetune", ["task=subtype", f"cohort={planted.csv}", f"features={planted.features}",
+                      "ARCH=abmil_tiny_tset", "wandb.mode=disabled"]),
+    ]  # fmt: skip
+    for module, args in runs:
+        capsys.readouterr()
+        assert stage(module, *args, f"out={tmp_path / module}") == 2, module
+        (error,) = error_lines(capsys.readouterr().err)
+        assert "unknown model" in error and "did you mean" in error, error
+
+
+def test_old_spellings_work_for_one_release_with_one_warning(planted, tmp_path, caplog):
+    """finetune's CHECKPOINT_4K= and MODEL=<registry name> still work, each with one warning
+    naming the new spelling; heatmap's slide_mpp= is accepted and ignored."""
+    from pipelines.finetune import DEPRECATED, SHORTCUTS
+    from robust_utils import TINY_FINETUNE
+
+    from hipt.cli import expand_shortcuts
+
+    argv = ["MODEL=abmil_tiny_test", "CHECKPOINT_4K=w.pth", "OUT=o"]
+    with caplog.at_level("WARNING", logger="hipt"):
+        got = expand_shortcuts(argv, SHORTCUTS, DEPRECATED)
+    assert got == ["model.name=abmil_tiny_test", "model.checkpoint_4k=w.pth", "out=o"]
+    warnings = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warnings) == 2 and "ARCH=" in warnings[0] and "CHECKPOINT4K=" in warnings[1]
+    args = ["task=subtype", f"cohort={planted.csv}", f"features={planted.features}",
+            *[a for a in TINY_FINETUNE if not a.startswith("model.name")]]  # fmt: skip
+    assert stage("finetune", *args, "MODEL=abmil_tiny_test", f"out={tmp_path / 'ft'}") == 0
+    from pipelines.heatmap import DEPRECATED as HEATMAP_OLD
+
+    assert expand_shortcuts(["slide_mpp=0.5", "OUT=o"], {"OUT": "out"}, HEATMAP_OLD) == ["out=o"]

@@ -9,6 +9,7 @@ from robust_utils import SMALL_TILING, TINY_FINETUNE, cli, isolated_env
 
 from hipt.samples import sample_slide_path
 
+
 def _stray(root: Path, out: Path) -> list[str]:
     files = [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()]
     inside = str(out.relative_to(root)) + "/"

@@ -19,7 +19,9 @@ def geometry(slide_id: str = "s", **kw: Any) -> SlideGeometry:
     return SlideGeometry(**{**base, **kw})
 
 
-def store_meta(slide_id: str = "s", geom: SlideGeometry | None = None, **kw: Any) -> FeatureStoreMeta:
+def store_meta(
+    slide_id: str = "s", geom: SlideGeometry | None = None, **kw: Any
+) -> FeatureStoreMeta:
     """A store's metadata: ``geom`` (default :func:`geometry`) plus encoder fields, overridable."""
     g = geom if geom is not None else geometry(slide_id)
     base: dict[str, Any] = {

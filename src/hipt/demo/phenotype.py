@@ -31,6 +31,8 @@ With the labels shuffled across patients (the control) nothing is learnable.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage
@@ -145,7 +147,7 @@ def slide_layout(
 
 def region_shares(layout: np.ndarray, region_cells: int = REGION_CELLS) -> np.ndarray:
     """Nuclei-dense share of the tissue of each region that is at least 5 % tissue."""
-    blocks = _blocks(*layout.shape, region_cells)
+    blocks = _blocks(*cast(tuple[int, int], layout.shape), region_cells)
     shares = []
     for b in np.unique(blocks):
         tissue = (layout != GLASS) & (blocks == b)

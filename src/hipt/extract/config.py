@@ -112,3 +112,9 @@ def validate(cfg: ExtractConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not str(value).strip():
             raise ConfigError(f"{key} is empty; leave it out to run with random weights")
+    from hipt.models import PATCH_ENCODER, REGION_ENCODER, model_spec
+
+    for key, kind in (("model_256", PATCH_ENCODER), ("model_4k", REGION_ENCODER)):
+        name = getattr(cfg, key)
+        if model_spec(name).kind != kind:  # an unknown name raises a ConfigError itself
+            raise ConfigError(f"{key}={name} is not a {kind.replace('_', ' ')}")

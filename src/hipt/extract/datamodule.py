@@ -117,7 +117,8 @@ class ExtractDataModule(LightningDataModule):
             stream,
             batch_size=None,
             num_workers=workers,
-            collate_fn=_identity,
+            # batch_size=None hands single items to collate_fn; torch's stub expects lists.
+            collate_fn=_identity,  # type: ignore[arg-type]
             worker_init_fn=_worker_init if workers else None,
             prefetch_factor=2 if workers else None,
             pin_memory=self.pin_memory,

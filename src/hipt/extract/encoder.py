@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from hipt.errors import one_line
 from hipt.models.grid import bag_to_grid
 from hipt.models.transforms import normalize_patches
 from hipt.slides.regions import GRID
@@ -42,9 +43,7 @@ class CompiledOrEager(nn.Module):
         except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back
             if self._ok:
                 raise
-            log.warning(
-                "torch.compile failed (%s); running eagerly", " ".join(str(exc).split())[:200]
-            )
+            log.warning("torch.compile failed (%s); running eagerly", one_line(exc)[:200])
             self._ok = False
             return self.module(x)
         self._ok = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -10,6 +10,9 @@ from lightning.pytorch import LightningModule
 
 from hipt.extract.dataset import PatchBatch
 from hipt.extract.encoder import RegionAssembler, RegionEncoder
+
+if TYPE_CHECKING:
+    from hipt.models import Vit4K
 
 
 class EncodedRegions(NamedTuple):
@@ -65,13 +68,14 @@ class ExtractModule(LightningModule):
             done += self.assembler.add(
                 batch.slide, batch.region, batch.patch, batch.expected, feats
             )
+        vit4k = cast("Vit4K", self.encoder.vit4k)
         if batch.empty.numel():
-            like = torch.empty((1, self.encoder.vit4k.input_dim), device=self.device)
+            like = torch.empty((1, vit4k.input_dim), device=self.device)
             done += self.assembler.add_empty(batch.empty, like)
         fin = self.assembler.pop(done)
         if not done:
-            d256 = int(self.encoder.vit4k.input_dim)
-            d4k = int(self.encoder.vit4k.embed_dim)
+            d256 = int(vit4k.input_dim)
+            d4k = int(vit4k.embed_dim)
             empty = np.zeros(0, dtype=np.int64)
             return EncodedRegions(
                 empty, empty, np.zeros((0, 256, d256), np.float32), np.zeros((0, d4k), np.float32),

@@ -7,7 +7,7 @@ import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from lightning.pytorch import Trainer
@@ -25,6 +25,9 @@ from hipt.models.runtime import resolve_precision
 from hipt.provenance import git_state, sha256_file
 from hipt.slides.tiles import SlideTiles, load_tiles, regions_file
 from hipt.stage import StageRun, is_launch_rank_zero
+
+if TYPE_CHECKING:
+    from hipt.models import Vit4K, Vit256
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,8 @@ def build_encoders(cfg: ExtractConfig) -> tuple[nn.Module, nn.Module, EncoderInf
     from hipt.models import build
 
     torch.manual_seed(cfg.seed)
-    vit256 = build(cfg.model_256, checkpoint=cfg.checkpoint256)
-    vit4k = build(cfg.model_4k, checkpoint=cfg.checkpoint4k)
+    vit256 = cast("Vit256", build(cfg.model_256, checkpoint=cfg.checkpoint256))
+    vit4k = cast("Vit4K", build(cfg.model_4k, checkpoint=cfg.checkpoint4k))
     d256, d4k_in = int(vit256.embed_dim), int(vit4k.input_dim)
     if d256 != d4k_in:
         raise ConfigError(
@@ -206,7 +209,10 @@ def run(cfg: ExtractConfig) -> int:
             + "); rerun with on_stale=recompute or use another OUT"
         )
     precision = resolve_precision(cfg.precision, cfg.accelerator)
-    inputs = [regions_file(cfg.tiles), *(p for p in (cfg.checkpoint256, cfg.checkpoint4k) if p)]
+    inputs: list[str | Path] = [
+        regions_file(cfg.tiles),
+        *(p for p in (cfg.checkpoint256, cfg.checkpoint4k) if p),
+    ]
     with StageRun(STAGE, cfg, out, inputs=inputs, rank_zero=rank0) as run:
         if rank0:
             for sid, reason in plan.stale.items():

@@ -164,7 +164,9 @@ class FeatureWriter(BasePredictionWriter):
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Learn this rank's slides from the datamodule and open the progress bar."""
         self._trainer = trainer
-        self.positions = list(getattr(trainer.datamodule, "positions", []))
+        # Lightning sets Trainer.datamodule at runtime without declaring it on the class.
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]
+        self.positions = list(getattr(datamodule, "positions", []))
         self.sink.on_done = self._slide_done
         total = sum(self.sink.jobs[p].n_regions for p in self.positions)
         self._t0 = time.perf_counter()

@@ -36,6 +36,14 @@ def _codecs() -> dict[str, Any]:
     return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]}
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    """The array ``name`` of ``group`` (``KeyError`` when absent, ``TypeError`` for a subgroup)."""
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise TypeError(f"'{name}' is a Zarr group, not an array")
+    return node
+
+
 def store_path(folder: str | Path, slide_id: str) -> Path:
     """``folder/<slide_id>.zarr``: where a slide's store is written."""
     return Path(folder) / f"{slide_id}{STORE_SUFFIX}"
@@ -189,7 +197,7 @@ class FeatureStore:
 
     def feats256(self, index: Any = slice(None)) -> np.ndarray:
         """``[M,256,D256]`` float32 ViT-256 CLS features, row-major; ``index`` picks regions."""
-        arr = self.group["feats256"]
+        arr = self._guard("feats256", lambda: _array(self.group, "feats256"))
         if isinstance(index, np.ndarray):
             index = np.sort(index) if index.dtype != bool else np.flatnonzero(index)
             sel = (index,)
@@ -199,20 +207,24 @@ class FeatureStore:
 
     def feats4k(self) -> np.ndarray:
         """``[M,D4k]`` float32 ViT-4K CLS features."""
-        return self._guard("feats4k", lambda: np.asarray(self.group["feats4k"][:], np.float32))
+        return self._guard(
+            "feats4k", lambda: np.asarray(_array(self.group, "feats4k")[:], np.float32)
+        )
 
     def coords(self) -> np.ndarray:
         """``[M,2]`` int64 level-0 top-left (x, y) of each region."""
-        return self._guard("coords", lambda: np.asarray(self.group["coords"][:]))
+        return self._guard("coords", lambda: np.asarray(_array(self.group, "coords")[:]))
 
     def patch_mask(self) -> np.ndarray:
         """``[M,256]`` bool tissue mask of each region's patches (row-major)."""
-        return self._guard("patch_mask", lambda: np.asarray(self.group["patch_mask"][:], bool))
+        return self._guard(
+            "patch_mask", lambda: np.asarray(_array(self.group, "patch_mask")[:], bool)
+        )
 
     def verify(self) -> None:
         """Decode every chunk of every array once (checksums included); raises if one fails."""
         for name in ARRAYS:
-            arr = self.group[name]
+            arr = self._guard(name, lambda n=name: _array(self.group, n))  # type: ignore[misc]
             step = arr.chunks[0]
             for start in range(0, max(arr.shape[0], 1), step):
                 self._guard(name, lambda a=arr, s=start, n=step: a[s : s + n])  # type: ignore[misc]

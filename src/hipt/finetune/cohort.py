@@ -118,7 +118,9 @@ def rows_of(index: Iterable[int]) -> list[int]:
 
 def is_missing(value: Any) -> bool:
     """Whether a cohort cell is empty (None, NaN or blank text)."""
-    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+    return (
+        value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+    )
 
 
 def check_ids(df: pd.DataFrame) -> list[Problem]:

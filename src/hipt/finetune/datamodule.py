@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import lightning as L
 import numpy as np
@@ -15,6 +15,9 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from hipt.features import FeatureStore, open_store
 from hipt.models import bag_to_grid
+
+if TYPE_CHECKING:
+    from hipt.models import Vit4K
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ class Bag(NamedTuple):
 
     data: Tensor
     target: Tensor
-    index: int
+    # The field shadows tuple.index, which mypy reports for any NamedTuple field of that name.
+    index: int  # type: ignore[assignment]
 
 
 class BagReader:
@@ -66,7 +70,7 @@ class BagReader:
         some = next(iter(self.stores.values()))[0].meta
         width = 256 * some.feature_dim_256 if kind == "feats256" else some.feature_dim_4k
         if encoder is not None:
-            width = int(encoder.embed_dim)
+            width = int(cast("Vit4K", encoder).embed_dim)
         total = sum(s.n_regions for ss in self.stores.values() for s in ss)
         self.nbytes = total * width * 4
         self.cached = self.nbytes <= cache_gb * 1e9
@@ -207,7 +211,7 @@ class SlideBagDataModule(L.LightningDataModule):
         self.train, self.val, self.test = train, val, test
         self.sample_labels, self.seed, self.num_workers = sample_labels, seed, num_workers
 
-    def _loader(self, ds: BagDataset, **kw: object) -> DataLoader[Bag]:
+    def _loader(self, ds: BagDataset, **kw: Any) -> DataLoader[Bag]:
         return DataLoader(
             ds,
             batch_size=1,
@@ -221,7 +225,13 @@ class SlideBagDataModule(L.LightningDataModule):
         gen = torch.Generator().manual_seed(self.seed)
         if self.sample_labels is not None:
             weights = torch.as_tensor(balanced_weights(self.sample_labels), dtype=torch.double)
-            sampler = WeightedRandomSampler(weights, len(self.train), True, generator=gen)
+            # torch's stub asks for Sequence[float]; the sampler takes a tensor as it is.
+            sampler = WeightedRandomSampler(
+                weights,  # type: ignore[arg-type]
+                len(self.train),
+                True,
+                generator=gen,
+            )
             return self._loader(self.train, sampler=sampler)
         return self._loader(self.train, shuffle=True, generator=gen)
 

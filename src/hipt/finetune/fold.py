@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +56,19 @@ class FoldResult:
 
 @contextlib.contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-Trainer INFO lines (devices, tips); the fold log says enough."""
+    """Silence Lightning's per-Trainer INFO lines (devices, tips); the fold log says enough.
+
+    Also its warning that modules are in eval mode when training starts: a frozen ViT-4K is
+    kept in eval mode on purpose (``HiptLGP.train``).
+    """
     loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+            yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
@@ -177,8 +184,13 @@ def train_fold(
         consumes=plan.kind,
         output=task.state(),
         trained_on=meta.provenance(),
-        meta={"stage": "finetune", "task": cfg.task, "fold": k, "seed": seed,
-              "config_hash": chash},  # fmt: skip
+        meta={
+            "stage": "finetune",
+            "task": cfg.task,
+            "fold": k,
+            "seed": seed,
+            "config_hash": chash,
+        },  # fmt: skip
         overwrite=True,
     )
     runtime = time.perf_counter() - start

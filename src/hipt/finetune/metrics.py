@@ -1,4 +1,4 @@
-"""Evaluation metrics: torchmetrics and scikit-learn for classification, Harrell's C for survival."""
+"""Evaluation metrics: torchmetrics and scikit-learn for classification, Harrell's C (survival)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,9 @@ def balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
         warnings.filterwarnings("ignore", message="A single label was found")
-        return float(balanced_accuracy_score(np.asarray(y).astype(int), np.asarray(pred).astype(int)))
+        return float(
+            balanced_accuracy_score(np.asarray(y).astype(int), np.asarray(pred).astype(int))
+        )
 
 
 def f1_macro(pred: np.ndarray, y: np.ndarray, n_classes: int) -> float:

@@ -29,6 +29,7 @@ from hipt.finetune.slide_model import (
 from hipt.finetune.splits import load_or_make_folds
 from hipt.finetune.tasks import Task, build_task
 from hipt.io import atomic_write_text
+from hipt.models import SLIDE_HEAD, model_spec
 from hipt.stage import StageRun
 from hipt.tracking import finish, resolve_mode
 
@@ -48,6 +49,13 @@ def check_config(cfg: FinetuneConfig) -> None:
         raise ConfigError("train.accumulate_grad_batches and train.max_epochs must be >= 1")
     if cfg.data.max_regions is not None and cfg.data.max_regions < 1:
         raise ConfigError("data.max_regions must be >= 1 (or null for whole bags)")
+    build_task(cfg.task, cfg.target)  # an unknown task is a configuration error
+    spec = model_spec(cfg.model.name)  # so is an unknown model
+    if spec.kind != SLIDE_HEAD:
+        raise ConfigError(
+            f"model.name '{cfg.model.name}' is a {spec.kind.replace('_', ' ')}, not a slide "
+            "head; finetune trains slide heads (hipt_lgp, abmil, meanpool)"
+        )
 
 
 def shuffle_labels(patients: pd.DataFrame, columns: tuple[str, ...], seed: int) -> pd.DataFrame:

@@ -39,13 +39,13 @@ class SelectBest(L.Callback):
         """Compare the new value with the best so far."""
         if trainer.sanity_checking:
             return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
+        logged = trainer.callback_metrics.get(self.monitor)
+        if logged is None:
             raise KeyError(
                 f"train.monitor '{self.monitor}' was not logged; logged: "
                 f"{', '.join(sorted(trainer.callback_metrics))}"
             )
-        value = float(value)
+        value = float(logged)
         if math.isfinite(value) and self._better(value):
             self.best, self.best_epoch, self.wait = value, trainer.current_epoch, 0
             if self.restore_best:

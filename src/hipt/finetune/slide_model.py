@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -15,8 +15,11 @@ from torch import Tensor, nn
 from hipt.errors import ConfigError, HiptError
 from hipt.features import FeatureStoreMeta
 from hipt.finetune.config import INPUTS, ModelConfig
-from hipt.models import FEATS256, SLIDE_HEAD, CheckpointError, build, model_spec
+from hipt.models import FEATS256, CheckpointError, build, model_spec
 from hipt.provenance import sha256_file
+
+if TYPE_CHECKING:
+    from hipt.models import ABMIL, HiptLGP, MeanPool
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +67,7 @@ def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> Mode
     """
     if cfg.input not in INPUTS:
         raise ConfigError(f"model.input must be one of {INPUTS}, got '{cfg.input}'")
-    spec = model_spec(cfg.name)
-    if spec.kind != SLIDE_HEAD:
-        raise ConfigError(f"model.name '{cfg.name}' is a {spec.kind.replace('_', ' ')}, not a "
-                          "slide head; finetune trains slide heads (hipt_lgp, abmil, meanpool)")  # fmt: skip
+    spec = model_spec(cfg.name)  # a slide head (checked with the config)
     kwargs: dict[str, Any] = {"n_classes": n_outputs, "dropout": cfg.dropout, **cfg.kwargs}
     if cfg.standardize:
         kwargs["standardize"] = True
@@ -140,11 +140,12 @@ def fit_scaler(model: nn.Module, bags: Iterable[Tensor]) -> int | None:
     scaler = getattr(model, "scaler", None)
     if scaler is None:
         return None
+    head = cast("HiptLGP | ABMIL | MeanPool", model)  # the slide heads that carry a scaler
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            scaler.fit(model.scaler_inputs(bag) for bag in bags)
+            scaler.fit(head.scaler_inputs(bag) for bag in bags)
     finally:
         model.train(was_training)
     log.info("standardize: scaler fitted on %d training rows", int(scaler.count))
@@ -163,7 +164,8 @@ def frozen_region_encoder(
         return None
     if not cfg.checkpoint_4k:
         return None
-    encoder = build_model(plan, meta).local_vit  # the region encoder its spec declares
+    # the region encoder its spec declares
+    encoder = cast("HiptLGP", build_model(plan, meta)).local_vit
     if encoder is None:
         return None
     return encoder.requires_grad_(False).eval().to(device)

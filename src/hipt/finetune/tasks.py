@@ -278,8 +278,11 @@ def build_task(name: str, cfg: TargetConfig) -> Task:
 
 
 def task_from_state(state: dict[str, Any]) -> Task:
-    """The fitted task a model's card describes (its ``output``), ready to turn logits into
-    predictions and metrics: classes, survival bins, ordinal levels as at training."""
+    """The fitted task a model's card describes (its ``output``).
+
+    Ready to turn logits into predictions and metrics: classes, survival bins and ordinal
+    levels as at training.
+    """
     name = str(state["task"])
     n_bins = int(state["n_outputs"]) if name == "survival" else TargetConfig.n_bins
     classes = list(state["classes"]) if name == "subtype" else []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -15,6 +17,11 @@ from hipt.models import (
     prepare_images,
 )
 from hipt.slides.pixels import split_patches
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import Block
+
+    from hipt.models import Vit256
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,8 +57,8 @@ class Vit256Pass:
         self.model = model
         self.device = device
         self.batch_size = batch_size
-        base = getattr(model, "_orig_mod", model)
-        self.last = base.blocks[-1]
+        base = cast("Vit256", getattr(model, "_orig_mod", model))
+        self.last = cast("Block", base.blocks[-1])
         self.token_px = int(base.patch_size)
         self.num_prefix = int(getattr(base, "num_prefix_tokens", 1))
 

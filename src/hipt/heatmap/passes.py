@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import numpy as np
 import torch
@@ -67,7 +68,7 @@ def shifted_cells(patch_valid: np.ndarray, t: int, offset: int) -> np.ndarray:
     side = tokens.shape[0]
     moved = np.zeros_like(tokens)
     moved[: side - offset, : side - offset] = tokens[offset:, offset:]
-    return moved.reshape(GRID, t, GRID, t).any(axis=(1, 3))
+    return cast(np.ndarray, moved.reshape(GRID, t, GRID, t).any(axis=(1, 3)))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from hipt.slides.geometry import open_slide_at
 from hipt.slides.pixels import read_region_hwc
 from hipt.slides.regions import GRID
 from hipt.stage import StageRun
+
+if TYPE_CHECKING:
+    from timm.layers import Attention
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +192,8 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
     canvas_mpp = choose_canvas_mpp(w0, h0, slide_geom.mpp, cfg.canvas_mpp, cfg.min_canvas_side)
     geom = CanvasGeometry(w0, h0, slide_geom.mpp, canvas_mpp)
     side_l0 = slide_geom.region_side_l0
-    spec = _spec(cfg, int(inp.vit256.last.attn.num_heads), int(attn4k.shape[1]))
+    n_heads256 = int(cast("Attention", inp.vit256.last.attn).num_heads)
+    spec = _spec(cfg, n_heads256, int(attn4k.shape[1]))
     scorer = RegionScorer(inp.vit256, inp.vit4k, inp.device, meta.patch_px, spec)
     names = map_names(spec, att is not None)
     picks_r = top_regions(att, cfg.topk.regions)

@@ -8,6 +8,7 @@ number of ViT-256 tokens per patch side (16 for 256-px patches of 16-px tokens).
 from __future__ import annotations
 
 import dataclasses
+from typing import cast
 
 import numpy as np
 from scipy.stats import rankdata
@@ -169,10 +170,10 @@ def combine(
         total = sum(w for _, w in used)
         return sum(p * w for p, w in used) / total
     if mode == "product":
-        out = np.float32(100.0)
+        out: np.ndarray | np.float32 = np.float32(100.0)
         for p, _ in used:
             out = out * (p / 100.0)
-        return out
+        return cast(np.ndarray, out)  # a product with at least one array (used is not empty)
     raise ValueError(f"unknown combine mode '{mode}'")
 
 

@@ -92,8 +92,10 @@ def read_card(path: str | Path) -> ModelCard:
     weights = Path(path)
     side = card_path(weights)
     if not side.is_file():
-        raise ModelFileError(f"{weights}: missing card {side.name} (the JSON sidecar naming the "
-                             "architecture); export models with hipt.models.export_model")  # fmt: skip
+        raise ModelFileError(
+            f"{weights}: missing card {side.name} (the JSON sidecar naming the architecture); "
+            "export models with hipt.models.export_model"
+        )
     try:
         data = json.loads(side.read_text())
     except (OSError, ValueError) as err:
@@ -150,7 +152,9 @@ def read_weights(path: str | Path, card: ModelCard) -> dict[str, torch.Tensor]:
         raise ModelFileError(f"{path}: unreadable safetensors file ({err})") from None
 
 
-def save_model(model: nn.Module, path: str | Path, card: ModelCard, overwrite: bool = False) -> Path:
+def save_model(
+    model: nn.Module, path: str | os.PathLike[str], card: ModelCard, overwrite: bool = False
+) -> Path:
     """Write ``X.safetensors`` and its card ``X.json``; return the weights' path.
 
     Both are written under temporary names first; the weights are renamed into place before

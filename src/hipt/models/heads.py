@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,9 @@ from hipt.models.grid import bag_to_grid
 from hipt.models.pooling import GatedAttention, SlideOutput, masked_attention_pool, valid_mask
 from hipt.models.scaler import FeatureScaler
 from hipt.models.spec import FEATS4K, FEATS256, SLIDE_HEAD, ModelSpec
+
+if TYPE_CHECKING:
+    from hipt.models.vit4k import Vit4K
 
 __all__ = ["HIPT_LGP_SPEC", "HiptLGP"]
 
@@ -99,7 +102,7 @@ class HiptLGP(nn.Module):
             return self.embed_dim
         if self.local_vit is None:
             raise ValueError("this HiptLGP has no local_vit; it reads feats4k only")
-        return int(self.local_vit.input_dim)
+        return int(cast("Vit4K", self.local_vit).input_dim)
 
     def region_features(self, x: Tensor) -> Tensor:
         """Region embeddings ``[M, E]``.

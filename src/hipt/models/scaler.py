@@ -28,6 +28,10 @@ class FeatureScaler(nn.Module):
             ones are the point); all-constant features get std 1.
     """
 
+    mean: Tensor
+    std: Tensor
+    count: Tensor
+
     def __init__(self, dim: int, rel_floor: float = 1e-3) -> None:
         super().__init__()
         self.dim, self.rel_floor = dim, rel_floor

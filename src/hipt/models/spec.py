@@ -1,5 +1,8 @@
-"""What a registered model is: its kind, what it consumes, and its preprocessing (like timm's
-``pretrained_cfg``). Stages dispatch on these declarations, never on names or attributes."""
+"""What a registered model is: its kind, what it consumes and its preprocessing.
+
+Like timm's ``pretrained_cfg``: stages dispatch on these declarations, never on names or
+attributes.
+"""
 
 from __future__ import annotations
 

@@ -125,8 +125,9 @@ class TilePatchDataset(Dataset[DinoSample]):
 
     def read(self, index: int) -> np.ndarray:
         """uint8 ``[patch_px, patch_px, 3]`` of patch ``index``."""
-        if self.cache is not None:
-            return np.asarray(self._open.get("cache", lambda: open_patch_cache(self.cache))[index])
+        cache = self.cache
+        if cache is not None:
+            return np.asarray(self._open.get("cache", lambda: open_patch_cache(cache))[index])
         geometry = self.geometries[self.slide[index]]
         reader = self._open.get(
             geometry.slide_id, lambda: open_slide_at(geometry, backend=self.backend)
@@ -182,7 +183,7 @@ class _DinoDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.pin_memory = pin_memory
-        self.dataset: Dataset[DinoSample] | None = None
+        self.dataset: TilePatchDataset | RegionGridDataset | None = None
 
     def _start_batch(self, epoch: int) -> int:
         """Batches of ``epoch`` a restored run already trained on (0 on a fresh run)."""

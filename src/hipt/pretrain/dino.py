@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from lightly.models.utils import deactivate_requires_grad
@@ -25,6 +25,9 @@ from hipt.pretrain.schedules import (
     param_groups,
     update_teacher,
 )
+
+if TYPE_CHECKING:
+    from lightly.models.modules import DINOProjectionHead
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +157,8 @@ class DinoModule(LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Freeze the head's last layer during the first steps (DINO ``freeze_last_layer``)."""
         if self._schedules().last_layer_frozen(self.global_step):
-            cancel_last_layer_gradients(self.student.head.last_layer)
+            head = cast("DINOProjectionHead", self.student.head)  # made by build_head
+            cancel_last_layer_gradients(head.last_layer)
 
     def configure_gradient_clipping(
         self,

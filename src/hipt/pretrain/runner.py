@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning
 import torch
@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from hipt.config import HARDWARE, NON_RESULT, keys_with_role, to_container
 from hipt.errors import ConfigError, HiptError, StaleOutputError
 from hipt.io import remove_path
-from hipt.models import build, model_spec
+from hipt.models import Vit4K, Vit256, build, model_spec
 from hipt.models.runtime import resolve_precision
 from hipt.models.spec import PATCH_ENCODER, REGION_ENCODER
 from hipt.pretrain.callbacks import RankSync, SaveOnException
@@ -112,9 +112,12 @@ def build_module(cfg: PretrainConfig) -> DinoModule:
     name, level = cfg.model.name, cfg.level
     kind = model_spec(name).kind
     if kind != LEVEL_KIND[level]:
-        raise ConfigError(f"model.name '{name}' is a {kind.replace('_', ' ')}, which level "
-                          f"{level} cannot train (it trains a {LEVEL_KIND[level].replace('_', ' ')})")  # fmt: skip
-    student = build(name, drop_path_rate=cfg.model.drop_path_rate)
+        want = LEVEL_KIND[level].replace("_", " ")
+        raise ConfigError(
+            f"model.name '{name}' is a {kind.replace('_', ' ')}, which level {level} cannot "
+            f"train (it trains a {want})"
+        )
+    student = cast(Vit256 | Vit4K, build(name, drop_path_rate=cfg.model.drop_path_rate))
     teacher = build(name)
     h = cfg.head
     heads = [
@@ -152,7 +155,7 @@ def build_datamodule(
 ) -> TileDataModule | RegionGridDataModule:
     """The data module of ``cfg.level``."""
     d = cfg.data
-    common = {
+    common: dict[str, Any] = {
         "batch_size": d.batch_size,
         "num_workers": d.num_workers,
         "seed": cfg.seed,
@@ -160,12 +163,16 @@ def build_datamodule(
         "pin_memory": d.pin_memory,
     }
     if cfg.level == "256":
+        if d.tiles is None:  # validate() already rejects this
+            raise ConfigError("level 256 needs data.tiles (TILES=<tile-stage output>)")
         transform = TileMultiCrop(**to_container(cfg.crops256))
         return TileDataModule(
             d.tiles, transform, backend=d.backend, patch_cache=d.patch_cache, **common
         )
+    if d.features is None:  # validate() already rejects this
+        raise ConfigError("level 4k needs data.features (FEATURES=<store folder>)")
     grid = GridMultiCrop(**to_container(cfg.crops4k))
-    feature_dim = int(module.student.backbone.input_dim)
+    feature_dim = int(cast(Vit4K, module.student.backbone).input_dim)
     return RegionGridDataModule(
         d.features, feature_dim, grid, min_tissue_patches=d.min_tissue_patches, **common
     )
@@ -253,6 +260,8 @@ def train(
     throughput = ThroughputMonitor(batch_size_fn=n_samples)
     trainer = build_trainer(cfg, out, run.logger, [throughput, sync, *(callbacks or [])])
     cpu_threads_per_process(trainer)
+    log.info("pretrain-%s on %s, %d process(es), precision %s", cfg.level,
+             trainer.strategy.root_device, trainer.world_size, trainer.precision)  # fmt: skip
     start_step, t0 = trainer.global_step, time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     seconds = time.perf_counter() - t0

@@ -12,7 +12,8 @@ from torch.utils.data import Sampler
 class SampleKey(NamedTuple):
     """What a dataset gets instead of a bare index: which sample, and the seed of its views."""
 
-    index: int
+    # The field shadows tuple.index, which mypy reports for any NamedTuple field of that name.
+    index: int  # type: ignore[assignment]
     seed: int
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -93,9 +93,9 @@ class TileMultiCrop:
         self.n_views = 2 + n_local_crops
         self.transform = DINOTransform(
             global_crop_size=global_crop_size,
-            global_crop_scale=tuple(global_crop_scale),
+            global_crop_scale=cast("tuple[float, float]", tuple(global_crop_scale)),
             local_crop_size=local_crop_size,
-            local_crop_scale=tuple(local_crop_scale),
+            local_crop_scale=cast("tuple[float, float]", tuple(local_crop_scale)),
             n_local_views=n_local_crops,
             hf_prob=hflip_prob,
             vf_prob=vflip_prob,
@@ -108,7 +108,7 @@ class TileMultiCrop:
             cj_sat=saturation * k,
             cj_hue=hue * k,
             random_gray_scale=grayscale_prob,
-            gaussian_blur=tuple(blur_probs),
+            gaussian_blur=cast("tuple[float, float, float]", tuple(blur_probs)),
             solarization_prob=solarization_prob,
             normalize={"mean": list(mean), "std": list(std)},
         )
@@ -124,7 +124,8 @@ class TileMultiCrop:
             2 tensors ``[3, G, G]`` then ``n_local_crops`` tensors ``[3, L, L]``.
         """
         with seeded(seed):
-            return list(self.transform(Image.fromarray(patch)))
+            # normalize is set, so every view is a tensor (not a PIL image)
+            return list(cast("list[Tensor]", self.transform(Image.fromarray(patch))))
 
 
 class GridView(NamedTuple):

@@ -78,7 +78,8 @@ def load_cuimage() -> Any:
             os.environ.setdefault("CUFILE_LOGFILE_PATH", os.devnull)
             quiet = _quiet_stdout() if not _driver_present() else contextlib.nullcontext()
             with quiet:
-                from cucim import CuImage
+                # cucim's __init__.pyi re-exports CuImage without listing it in __all__
+                from cucim import CuImage  # type: ignore[attr-defined]
 
             _cuimage = CuImage
     return _cuimage
@@ -271,6 +272,7 @@ class CuCIMReader(BaseReader):
             with contextlib.suppress(AttributeError, RuntimeError):
                 self._img.close()
             self._img = None
-        if getattr(self, "_checker", None) is not None:
-            self._checker.close()
+        checker: TileChecker | None = getattr(self, "_checker", None)
+        if checker is not None:
+            checker.close()
             self._checker = None

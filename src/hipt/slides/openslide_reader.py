@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from hipt.errors import SlideError, one_line
 from hipt.slides.readers import READERS, BaseReader
 from hipt.slides.tiff_probe import TiffProbe
+
+if TYPE_CHECKING:
+    import openslide
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class OpenSlideReader(BaseReader):
             raise SlideError(f"OpenSlide is not installed ({one_line(err)})") from err
         self._openslide = openslide
         try:
-            self._slide = openslide.OpenSlide(str(path))
+            self._slide: openslide.OpenSlide | None = openslide.OpenSlide(str(path))
         except (openslide.OpenSlideError, OSError, ValueError) as err:
             raise SlideError(f"OpenSlide cannot open it ({one_line(err)})") from err
         super().__init__(
@@ -59,14 +62,18 @@ class OpenSlideReader(BaseReader):
         )
         self._lock = threading.Lock()
 
+    def _open_slide(self) -> openslide.OpenSlide:
+        # The handle as typed while open; unchecked (a closed reader fails on use, as before).
+        return cast("openslide.OpenSlide", self._slide)
+
     @property
     def properties(self) -> dict[str, str]:
         """OpenSlide's property map (vendor metadata)."""
-        return dict(self._slide.properties)
+        return dict(self._open_slide().properties)
 
     def backend_mpp(self) -> tuple[float, str] | None:
         """``openslide.mpp-x`` when OpenSlide knows it."""
-        value = self._slide.properties.get("openslide.mpp-x")
+        value = self._open_slide().properties.get("openslide.mpp-x")
         try:
             mpp = float(value) if value is not None else 0.0
         except ValueError:

@@ -7,7 +7,7 @@ import collections
 import concurrent.futures
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # torch loads lazily: tiling and tissue masks do not need it
 
 log = logging.getLogger(__name__)
 
-READERS: Registry[type[BaseReader]] = Registry("reader")
+READERS: Registry[Callable[[Path, TiffProbe | None], BaseReader]] = Registry("reader")
 """Backend classes by name (``"cucim"``, ``"openslide"``), filled by their modules."""
 
 # Suffix -> backends that can open it, in the order ``backend="auto"`` tries them.
@@ -45,11 +45,15 @@ class SlideReader(Protocol):
 
     path: Path
     backend: str
-    level_count: int
     level_dimensions: list[tuple[int, int]]
     level_downsamples: list[float]
     mpp: float
     mpp_source: str
+
+    @property
+    def level_count(self) -> int:
+        """Number of pyramid levels."""
+        ...
 
     def read_region(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         """RGB uint8 ``[height, width, 3]`` region."""
@@ -89,7 +93,12 @@ class SlideReader(Protocol):
 
     def __enter__(self) -> SlideReader: ...
 
-    def __exit__(self, *exc: object) -> None: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 class BaseReader(abc.ABC):
@@ -252,7 +261,7 @@ class BaseReader(abc.ABC):
                     # Fractional source box: blocks resample exactly as one whole-level resize.
                     box = (tx0 * rx - lx0, ty0 * ry - ly0, tx1 * rx - lx0, ty1 * ry - ly0)
                     small = Image.fromarray(block).resize(
-                        (tx1 - tx0, ty1 - ty0), Image.BOX, box=box
+                        (tx1 - tx0, ty1 - ty0), Image.Resampling.BOX, box=box
                     )
                     block = np.asarray(small)
                 out[ty0:ty1, tx0:tx1] = block

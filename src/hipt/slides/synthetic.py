@@ -9,6 +9,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -160,7 +161,7 @@ class _Renderer:
                 # Stain jitter: scale optical density per channel by a few percent.
                 od = -np.log((tile.astype(np.float32) + 1.0) / 256.0) * rng.normal(1.0, 0.05, 3)
                 tile = np.clip(256.0 * np.exp(-od) - 1.0, 0, 255).astype(np.uint8)
-                cell = Image.fromarray(tile).resize((cell_px, cell_px), Image.BICUBIC)
+                cell = Image.fromarray(tile).resize((cell_px, cell_px), Image.Resampling.BICUBIC)
                 bank.append(np.asarray(cell))
         self._bank0 = np.stack(bank)
         self._banks: dict[int, np.ndarray] = {}
@@ -178,7 +179,7 @@ class _Renderer:
             side = -(-self.cell_px // ds)  # ceil: a cell's longest run of level pixels
             self._banks[ds] = np.stack(
                 [
-                    np.asarray(Image.fromarray(c).resize((side, side), Image.BOX))
+                    np.asarray(Image.fromarray(c).resize((side, side), Image.Resampling.BOX))
                     for c in self._bank0
                 ]
             )
@@ -318,7 +319,7 @@ def make_synthetic_slide(
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
             for i, ds in enumerate(levels):
                 lw, lh = math.ceil(width / ds), math.ceil(height / ds)
-                extra: dict[str, object] = {}
+                extra: dict[str, Any] = {}
                 if mpp is not None:
                     extra = {"resolution": (1e4 / (mpp * ds),) * 2, "resolutionunit": "CENTIMETER"}
                 if flavor == "aperio":
@@ -385,7 +386,7 @@ def write_bad_inputs(folder: str | Path) -> dict[str, Path]:
     out["png_as_svs"] = folder / "png_as_svs.svs"
     Image.new("RGB", (64, 64), (220, 120, 160)).save(out["png_as_svs"], format="PNG")
     tiles = tissue_tiles_from_sample()
-    small = {"levels": (1,), "source": tiles, "jpeg_quality": 80}
+    small: dict[str, Any] = {"levels": (1,), "source": tiles, "jpeg_quality": 80}
     out["no_mpp"] = make_synthetic_slide(
         folder / "no_mpp.tif", 512, 512, None, flavor="generic", cell_px=256, **small
     ).path

@@ -10,11 +10,14 @@ import re
 import struct
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
 from hipt.errors import SlideError, one_line
+
+if TYPE_CHECKING:
+    import tifffile
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,12 @@ def probe_tiff(path: Path) -> TiffProbe:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = tuple(_tile_page(i, p) for i, p in enumerate(tif.pages) if p.is_tiled)
+            # TiffFile.pages yields TiffPage objects (TiffFrame only with useframes=True).
+            pages = tuple(
+                _tile_page(i, p)
+                for i, p in enumerate(tif.pages)
+                if cast("tifffile.TiffPage", p).is_tiled
+            )
             first = tif.pages.first
             description = first.description or ""
             vendor = "aperio" if description.startswith("Aperio") else "generic"

@@ -309,7 +309,7 @@ def run(cfg: TileConfig) -> int:
     entries = discover_slides(cfg.slides)
     out = Path(cfg.out)
     chash = tiling_hash(cfg)
-    inputs = [cfg.slides, *(e.path for e in entries)]
+    inputs: list[str | Path] = [cfg.slides, *(e.path for e in entries)]
     with StageRun(STAGE, cfg, out, inputs=inputs, subfolders=("slides", "qc"), chash=chash) as run:
         outcomes = []
         with logging_redirect_tqdm():
