@@ -11,7 +11,7 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu test test-all test-gpu lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune heatmap demo \
+.PHONY: help setup setup-gpu setup-browser test test-all test-gpu lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune predict heatmap demo \
 	bench bench-tile bench-models bench-extract
 
 help: ## list the targets
@@ -33,6 +33,10 @@ data/samples/cmu_small_region.svs: | $(STAMP)
 
 setup-gpu: setup ## add cuCIM's CUDA dependencies (cupy, nvImageCodec) for GPU decoding
 	$(PIP) install -c $(CONSTRAINTS) "cucim-cu13[ctk]" || $(PIP) install "cucim-cu13==26.10.0"
+
+setup-browser: setup ## Debian's Chromium + Playwright, for the tests that open the HTML pages in a browser
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	$(PIP) install -q -c $(CONSTRAINTS) playwright
 
 test: setup ## default test suite (CPU, excludes slow; gpu tests skip without CUDA)
 	$(PY) -m pytest -m "not slow" -q
@@ -68,6 +72,9 @@ pretrain-4k: setup ## DINO ViT-4K on [384,16,16] feature grids: make pretrain-4k
 
 finetune: setup ## patient-level k-fold heads: make finetune TASK=subtype|stage|survival|response COHORT=<csv> FEATURES=<stores> OUT=<folder>
 	$(PY) -m pipelines.finetune $(ARGS)
+
+predict: setup ## apply trained slide models to a new cohort: make predict MODEL=<finetune out|model> COHORT=<csv> FEATURES=<stores> OUT=<folder>
+	$(PY) -m pipelines.predict $(ARGS)
 
 heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zarr> [MODEL=<fold dir>] OUT=<folder>
 	$(PY) -m pipelines.heatmap $(ARGS)

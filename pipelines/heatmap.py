@@ -9,6 +9,8 @@ from hipt.heatmap.config import HeatmapConfig
 
 SHORTCUTS = {
     "SLIDE": "slide",
+    "SLIDES": "slides",
+    "TASK": "task",
     "FEATURES": "features",
     "MODEL": "model",
     "OUT": "out",

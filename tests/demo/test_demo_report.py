@@ -45,3 +45,24 @@ def test_rows_name_the_headline_its_controls_and_the_other_models(tmp_path):
     assert sub["abmil"] == "0.800 ± 0.000"
     surv = rows[("survival", "C-index")]
     assert surv["met"] == "NO" and surv[CONTROL] == "n/a" and surv["abmil"] == "n/a"
+
+
+def test_external_rows_report_the_ensemble_with_its_interval(tmp_path):
+    """The external cohort's rows: the ensemble's value and bootstrap interval per metric, the
+    target check, and predict's time per patient; fold rows are not reported."""
+    import json
+
+    from hipt.demo.report import external_rows
+
+    folder = tmp_path / "external" / "predict" / "survival"
+    folder.mkdir(parents=True)
+    pd.DataFrame([
+        {"model": "ensemble", "metric": "c_index", "value": 0.8, "ci_low": 0.7, "ci_high": 0.9,
+         "n_valid": 100, "n_patients": 60},
+        {"model": "fold_0", "metric": "c_index", "value": 0.1, "ci_low": 0.0, "ci_high": 0.2,
+         "n_valid": 100, "n_patients": 60},
+    ]).to_csv(folder / "metrics.csv", index=False)  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps({"timing": {"seconds_per_patient": 0.0123}}))
+    (row,) = external_rows(tmp_path, ["subtype", "survival"])
+    assert row["ensemble [95% CI]"] == "0.800 [0.700, 0.900]" and row["met"] == "yes"
+    assert row["patients"] == "60" and row["s per patient"] == "0.012"

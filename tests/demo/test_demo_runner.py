@@ -25,6 +25,7 @@ DONE = {
     "extract_features": "summary.json",
     "finetune": "summary.csv",
     "heatmap": "index.html",
+    "predict": "summary.json",
 }
 
 
@@ -64,7 +65,7 @@ def _cfg(root: Path, *overrides: str) -> DemoConfig:
         f"cohort.{k}={getattr(MICRO, k)}"
         for k in ("n_patients", "fine_mpp_every", "include_sample")
     ]
-    micro += ["cohort.slides_per_patient=[1,1]", "cohort.regions=[1,2]", "seed=3"]
+    micro += ["cohort.slides_per_patient=[1,1]", "cohort.regions=[1,2]", "seed=3", "external=false"]
     return load_config(DemoConfig, "demo.yaml", [f"out={root}", *micro, *overrides])
 
 
@@ -176,3 +177,33 @@ def test_new_cohort_removes_what_the_old_one_made(demo_root):
     assert [m for m, _ in fake.calls][:4] == ["tile", "pretrain", "extract_features", "pretrain"]
     record = json.loads((demo_root / "provenance" / "tile.json").read_text())
     assert record["status"] == "done"
+
+
+def test_the_external_cohort_is_tiled_extracted_and_predicted_after_finetune(demo_root):
+    """external=true: an independent cohort (seed + 1) is generated, tiled and extracted with
+    the demo's encoders, then predicted per task with the headline model's fold models; a rerun
+    launches nothing, and another external seed reruns the external steps alone."""
+    cfg = _cfg(demo_root, *_extra())
+    fake = FakeStages()
+    assert run_demo(cfg, fake) == 0
+    order = [(m, o) for m, o in fake.calls]
+    ext = order.index(("tile", "tile"), 1)  # the external cohort's tile step
+    assert order[ext : ext + 4] == [("tile", "tile"), ("extract_features", "features"),
+                                    ("predict", "subtype"), ("predict", "survival")]  # fmt: skip
+    assert max(i for i, (m, _) in enumerate(order) if m == "finetune") < ext
+    predict = next(a for a in fake.argv if any(x.startswith("bootstrap=") for x in a))
+    args = dict(a.split("=", 1) for a in predict)
+    assert args["model"].endswith("finetune/hipt_lgp/subtype")
+    assert "external/cohort/cohort.csv" in args["cohort"]
+    info = json.loads((demo_root / "external" / "cohort" / "cohort.json").read_text())
+    assert info["seed"] == 4 and info["n_slides"] == 8  # seed 3 + 1, no sample slide
+    again = FakeStages()
+    assert run_demo(cfg, again) == 0 and again.calls == []
+    other = FakeStages()
+    assert run_demo(_cfg(demo_root, *_extra(), "external_seed=11"), other) == 0
+    assert {m for m, _ in other.calls} == {"tile", "extract_features", "predict"}
+
+
+def _extra() -> list[str]:
+    return ["external=true", "tasks=[subtype,survival]", "controls=false",
+            "run_models=[hipt_lgp]", "external_bootstrap=10"]  # fmt: skip

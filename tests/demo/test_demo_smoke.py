@@ -24,6 +24,7 @@ TINY = [
     "stages.finetune=[split.n_folds=2,split.val_fraction=0,train.max_epochs=2]",
     "stages.heatmap=['heads256=[0]','heads4k=[0]',progress=false,min_canvas_side=256]",
     "wandb.mode=disabled",
+    "external=false",
 ]
 
 
@@ -77,6 +78,11 @@ def test_full_demo_meets_targets(tmp_path, capsys):
 
     assert mean("subtype", "auroc") >= 0.9
     assert mean("survival", "c_index") >= 0.7
+    # External validation: the fold models' ensemble on an independent cohort (issue 13).
+    ext = tmp_path / "demo" / "external" / "predict"
+    for task, metric, floor in (("subtype", "auroc", 0.9), ("survival", "c_index", 0.7)):
+        table = pd.read_csv(ext / task / "metrics.csv").query("model == 'ensemble'")
+        assert table.set_index("metric").loc[metric, "value"] >= floor, (task, table)
     for task, metric in (("subtype", "auroc"), ("survival", "c_index"), ("stage", "auroc")):
         controls = sorted(root.glob(f"{task}-shuffled-*/summary.csv"))
         control, _, n = fold_stat(controls, metric)

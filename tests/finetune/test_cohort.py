@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from finetune_helpers import make_store, mark_incomplete
 
-from hipt.finetune.cohort import CohortError, load_cohort
-from hipt.finetune.config import TargetConfig
-from hipt.finetune.tasks import build_task
+from hipt.cohort import CohortError, load_cohort
+from hipt.tasks.base import build_task
+from hipt.tasks.config import TargetConfig
 
 TEN = [f"S{i}" for i in range(10)]
 

@@ -12,11 +12,11 @@ from finetune_helpers import make_store
 from torch.utils.data import DataLoader
 
 from hipt.features import open_store
-from hipt.finetune.config import TargetConfig
 from hipt.finetune.datamodule import BagDataset, BagReader, balanced_weights, collate_one
 from hipt.finetune.module import SlideTaskModule
-from hipt.finetune.tasks import build_task
 from hipt.models import build
+from hipt.tasks.base import build_task
+from hipt.tasks.config import TargetConfig
 
 
 @pytest.fixture(scope="module")

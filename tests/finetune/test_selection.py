@@ -9,8 +9,8 @@ import torch
 from finetune_helpers import ft_config
 from torch import nn
 
+from hipt.cohort import CohortError
 from hipt.errors import ConfigError
-from hipt.finetune.cohort import CohortError
 from hipt.finetune.runner import run_finetune
 from hipt.finetune.selection import SelectBest
 

@@ -8,7 +8,7 @@ from stores import store_meta
 
 from hipt.errors import HiptError
 from hipt.features import FeatureStoreMeta
-from hipt.heatmap.models import check_provenance, check_weights, load_slide_model, resolve_input
+from hipt.heatmap.models import check_provenance, check_weights, load_slide_model
 from hipt.models import build, export_model
 from hipt.provenance import sha256_file
 
@@ -53,11 +53,12 @@ def test_load_slide_model_from_an_export_and_a_fold_folder(tmp_path):
     fold = tmp_path / "fold_0"
     export_model(model, fold / "model", consumes="feats4k", output={"task": "subtype"})
     loaded = load_slide_model(fold, CPU)
-    assert loaded.name == "abmil_tiny_test" and loaded.card.consumes == "feats4k"
+    assert loaded.architecture == "abmil_tiny_test" and loaded.card.consumes == "feats4k"
     x = torch.randn(5, 16)
     model.eval()
     torch.testing.assert_close(loaded.model(x).attention, model(x).attention)
-    with pytest.raises(HiptError, match="pick one"):
+    export_model(model, tmp_path / "fold_1" / "model", consumes="feats4k")
+    with pytest.raises(HiptError, match="holds 2 folds .*pick one"):
         load_slide_model(tmp_path, CPU)
 
 
@@ -83,10 +84,10 @@ def test_input_comes_from_the_card_and_the_registry_bounds_it(tmp_path):
     """auto reads the card's input kind; a kind the architecture cannot read is refused."""
     export_model(build("abmil_tiny_test", input_dim=16), tmp_path / "m", consumes="feats4k")
     loaded = load_slide_model(tmp_path / "m.safetensors", CPU)
-    assert resolve_input(loaded, "auto") == "feats4k"
-    assert resolve_input(loaded, "feats256") == "feats256"
+    assert loaded.input_kind("auto") == "feats4k"
+    assert loaded.input_kind("feats256") == "feats256"
     with pytest.raises(HiptError, match="cannot read pixels"):
-        resolve_input(loaded, "pixels")
+        loaded.input_kind("pixels")
 
 
 def test_a_store_unlike_the_training_stores_is_refused(tmp_path):
@@ -116,11 +117,11 @@ def test_loads_what_the_finetune_stage_writes(tmp_path):
                    "split.n_folds=2", "wandb.mode=disabled"])  # fmt: skip
     assert rc == 0
     loaded = load_slide_model(out / "fold_0", CPU)
-    assert loaded.name == "hipt_lgp_tiny_test" and loaded.path.name == "model.safetensors"
+    assert loaded.architecture == "hipt_lgp_tiny_test" and loaded.path.name == "model.safetensors"
     path = next(cohort.features.glob("*.zarr"))
     store = open_store(path)
     check_provenance(loaded, store.meta, path)
-    kind = resolve_input(loaded, "auto")
+    kind = loaded.input_kind("auto")
     assert kind == loaded.card.consumes
     bag = store.feats256() if kind == "feats256" else store.feats4k()
     att = slide_attention(loaded.model, bag, CPU)

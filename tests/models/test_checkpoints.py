@@ -197,6 +197,14 @@ def test_export_round_trip(tmp_path: Path) -> None:
         export_model(model, out)
 
 
+def test_two_exports_of_the_same_weights_are_the_same_bytes(tmp_path: Path) -> None:
+    """The weights file is deterministic, so its sha256 identifies the weights (stores and
+    cards record it)."""
+    model = build("vit4k_tiny_test")
+    a, b = (export_model(model, tmp_path / name) for name in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes() and sha256_file(a) == sha256_file(b)
+
+
 def test_patch_encoder_card_declares_preprocessing(tmp_path: Path) -> None:
     """A patch encoder's card carries its registry preprocessing (input px, mean, std)."""
     out = export_model(build("vit256_tiny_test"), tmp_path / "v256")

@@ -93,6 +93,8 @@ def _stages():
     from hipt.finetune.runner import check_config
     from hipt.heatmap.config import HeatmapConfig
     from hipt.heatmap.config import validate as heatmap_validate
+    from hipt.predict.config import PredictConfig
+    from hipt.predict.config import validate as predict_validate
     from hipt.pretrain.config import PretrainConfig
     from hipt.pretrain.config import validate as pretrain_validate
     from hipt.tile.config import TileConfig
@@ -103,6 +105,8 @@ def _stages():
         "tile": (TileConfig, tile_validate, ["slides=s"]),
         "extract": (ExtractConfig, extract_validate, ["tiles=t"]),
         "heatmap": (HeatmapConfig, heatmap_validate, ["slide=s", "features=f", "out=o"]),
+        "predict": (PredictConfig, predict_validate, ["model=m", "cohort=c", "features=f",
+                                                      "out=o"]),
         "pretrain_256": pretrain, "pretrain_4k": pretrain, "tests": pretrain,
         "finetune": (FinetuneConfig, check_config, ["cohort=c", "features=f", "out=o"]),
         "demo": (DemoConfig, demo_validate, []),

@@ -66,6 +66,8 @@ def make_planted_cohort(
     model_4k: str = "vit4k_tiny_test",
     checkpoint_4k_sha256: str | None = None,
     dtype: str = "float32",
+    basis_seed: int | None = None,
+    prefix: str = "P",
 ) -> SyntheticCohort:
     """Write stores + cohort CSV where exactly one region of each patient carries the labels.
 
@@ -88,13 +90,17 @@ def make_planted_cohort(
         model_4k: recorded ViT-4K name.
         checkpoint_4k_sha256: recorded ViT-4K checkpoint digest (None = random weights).
         dtype: store dtype.
+        basis_seed: seed of the label directions alone (default: drawn from ``seed`` first);
+            an independent cohort with the same biology shares it with the training cohort.
+        prefix: first letter(s) of the patient ids.
     """
     out = Path(out_dir)
     features = out / "features"
     features.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_dirs = len(SUBTYPES) + len(STAGES) + 4
-    basis_256, basis_4k = _basis(dim_256, n_dirs, rng), _basis(dim_4k, n_dirs, rng)
+    brng = rng if basis_seed is None else np.random.default_rng(basis_seed)
+    basis_256, basis_4k = _basis(dim_256, n_dirs, brng), _basis(dim_4k, n_dirs, brng)
 
     def balanced(k: int) -> np.ndarray:
         return rng.permutation(np.arange(n_patients) % k)
@@ -107,7 +113,7 @@ def make_planted_cohort(
     time = np.round(np.minimum(true_time, follow_up), 2)
     rows, truth = [], []
     for i in range(n_patients):
-        pid = f"P{i:03d}"
+        pid = f"{prefix}{i:03d}"
         n_slides = int(rng.integers(slides_per_patient[0], slides_per_patient[1] + 1))
         sizes = rng.integers(regions_per_slide[0], regions_per_slide[1] + 1, n_slides)
         hit_slide, hit_region = int(rng.integers(n_slides)), -1

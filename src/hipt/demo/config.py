@@ -57,6 +57,11 @@ class DemoConfig:
         control_repeats: independent label permutations per task (seeds 1..N); the report
             pools their folds, so the control's mean is a tighter estimate of chance.
         heatmap_slides: synthetic slides to draw (the sample slide is drawn too when present).
+        external: also draw an independent external cohort (other patients, same planted
+            biology), tile and extract it with the same encoders, and ``make predict`` it with
+            the headline model's fold models: the external-validation rows of the report.
+        external_seed: seed of that cohort (default: ``seed + 1``, never used for training).
+        external_bootstrap: bootstrap resamples of the external metrics' 95% intervals.
         force: rerun every stage even when its outputs are up to date.
         isolate: run each stage in its own ``python -m pipelines.<stage>`` process instead of
             in this one (slower start, nothing shared between stages).
@@ -88,6 +93,9 @@ class DemoConfig:
     controls: bool = True
     control_repeats: int = 3
     heatmap_slides: int = 2
+    external: bool = True
+    external_seed: int | None = None
+    external_bootstrap: int = 1000
     force: bool = non_result(False)
     isolate: bool = non_result(False)
     jobs: int = non_result(2)
@@ -134,6 +142,8 @@ def validate(cfg: DemoConfig) -> None:
         raise ConfigError(f"control_repeats must be >= 1, got {cfg.control_repeats}")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise ConfigError(f"torch_threads must be >= 1 or null, got {cfg.torch_threads}")
+    if cfg.external_seed is not None and cfg.external_seed == cfg.seed:
+        raise ConfigError("external_seed must differ from seed (an independent cohort)")
     if c.fine_mpp_every < 0 or cfg.heatmap_slides < 0:
         raise ConfigError("cohort.fine_mpp_every and heatmap_slides must be >= 0")
     if not 1 <= c.jpeg_quality <= 100:

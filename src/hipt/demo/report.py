@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,17 @@ HEADLINE = {
     "response": ("auroc", "AUROC", None),
 }
 SECONDARY = {"stage": ("qwk", "QWK"), "subtype": ("balanced_accuracy", "bal. acc.")}
-STAGE_ORDER = ("cohort", "tile", "pretrain-256", "extract", "pretrain-4k", "finetune", "heatmap")
+STAGE_ORDER = (
+    "cohort",
+    "tile",
+    "pretrain-256",
+    "extract",
+    "pretrain-4k",
+    "finetune",
+    "external",
+    "predict",
+    "heatmap",
+)
 PLOTS = ("roc.png", "confusion.png", "km.png")
 CONTROL = "shuffled-label control (permutations x folds)"
 
@@ -110,6 +121,39 @@ def results_rows(root: Path, tasks: list[str], models: list[str]) -> list[dict[s
     return rows
 
 
+def external_rows(root: Path, tasks: list[str]) -> list[dict[str, str]]:
+    """One row per task (and secondary metric) of the external cohort.
+
+    The ensemble of the headline model's folds, with its patient-level bootstrap interval.
+    """
+    rows = []
+    for task in tasks:
+        folder = root / "external" / "predict" / task
+        if not (folder / "metrics.csv").is_file():
+            continue
+        table = pd.read_csv(folder / "metrics.csv")
+        ens = table[table["model"] == "ensemble"].set_index("metric")
+        summary = json.loads((folder / "summary.json").read_text())
+        metrics = [HEADLINE[task], *([(*SECONDARY[task], None)] if task in SECONDARY else [])]
+        for key, label, target in metrics:
+            if key not in ens.index:
+                continue
+            r = ens.loc[key]
+            ci = f"{r['value']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+            rows.append(
+                {
+                    "task": task,
+                    "metric": label,
+                    "patients": str(int(r["n_patients"])),
+                    "ensemble [95% CI]": ci,
+                    "target": "" if target is None else f">= {target}",
+                    "met": "" if target is None else ("yes" if r["value"] >= target else "NO"),
+                    "s per patient": f"{summary['timing']['seconds_per_patient']:.3f}",
+                }
+            )
+    return rows
+
+
 def _markdown(rows: list[dict[str, str]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r.get(c, "") for c in columns) + " |" for r in rows]
@@ -158,6 +202,19 @@ def pictures(root: Path, tasks: list[str], model: str) -> list[str]:
     return lines
 
 
+def _external_section(root: Path, tasks: list[str], plan: Plan) -> list[tuple[str, str]]:
+    rows = external_rows(root, tasks)
+    if not rows or plan.external_cohort is None:
+        return []
+    info = plan.external_cohort.info()
+    title = (
+        f"## External cohort (`make predict`: {plan.cfg.cohort.n_patients} other patients, seed "
+        f"{info['seed']}, never trained on; ensemble of the {plan.cfg.headline_model} folds)"
+    )
+    columns = ["task", "metric", "patients", "ensemble [95% CI]", "target", "met", "s per patient"]
+    return [(title, _markdown(rows, columns))]
+
+
 def write_report(
     root: Path,
     plan: Plan,
@@ -200,6 +257,7 @@ def write_report(
             "patients, every permutation's folds pooled)",
             res,
         ),
+        *_external_section(root, tasks, plan),
         (f"## Stage wall times (total this run: {total_s:.1f} s)", tim),
         ("## Plots and heatmaps", "\n".join(pictures(root, tasks, head) or ["- none"])),
         ("## Weights & Biases", wandb),

@@ -8,6 +8,7 @@ reruns everything below it, and nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from hipt.demo.cohort import (
 )
 from hipt.demo.config import DemoConfig, demo_hash, validate
 from hipt.demo.report import StepTiming, write_report
-from hipt.demo.steps import BACKBONE, STAGE_FOLDERS, Plan, Step
+from hipt.demo.steps import BACKBONE, EXTERNAL, STAGE_FOLDERS, Plan, Step
 from hipt.errors import HiptError
 from hipt.io import atomic_write_json
 from hipt.provenance import sha256_file
@@ -227,7 +228,7 @@ class DemoRunner:
             record.unlink()
 
     def cohort(self) -> Plan:
-        """Generate (or reuse) the cohort; return the step plan that uses it."""
+        """Generate (or reuse) the cohort and the external one; return the step plan."""
         t0 = time.perf_counter()
         key = settings_key(self.cfg.cohort, self.cfg.seed)
         files = CohortFiles(self.root / "cohort")
@@ -235,21 +236,42 @@ class DemoRunner:
         if not reused:
             self.drop_stale_outputs()
         generate_cohort(files.root, self.cfg.cohort, self.cfg.seed, force=self.cfg.force)
+        self._record_cohort("cohort", files, reused, t0)
+        external = self.external_cohort() if self.cfg.external else None
+        return Plan(self.cfg, files, self.group, external)
+
+    def external_cohort(self) -> CohortFiles:
+        """The independent cohort: other patients, no sample slide.
+
+        Regenerated, and its stage outputs removed, when its seed or settings changed.
+        """
+        t0 = time.perf_counter()
+        seed = self.cfg.seed + 1 if self.cfg.external_seed is None else self.cfg.external_seed
+        settings = dataclasses.replace(self.cfg.cohort, include_sample=False)
+        files = CohortFiles(self.root / EXTERNAL / "cohort")
+        reused = not self.cfg.force and is_current(files, settings_key(settings, seed))
+        if not reused and (self.root / EXTERNAL).exists():
+            log.info("demo: new external cohort; removing %s", self.root / EXTERNAL)
+            shutil.rmtree(self.root / EXTERNAL)
+        generate_cohort(files.root, settings, seed, force=self.cfg.force)
+        self._record_cohort("external_cohort", files, reused, t0)
+        return files
+
+    def _record_cohort(self, name: str, files: CohortFiles, reused: bool, t0: float) -> None:
         info = files.info()
         status, seconds = ("skipped", 0.0) if reused else ("ran", time.perf_counter() - t0)
-        self.timings.append(StepTiming("cohort", "cohort", status, seconds, info["seconds"]))
-        self.digests["cohort"] = sha256_file(files.info_json)
+        self.timings.append(StepTiming(name, "cohort", status, seconds, info["seconds"]))
+        self.digests[name] = sha256_file(files.info_json)
         self._write(
-            "cohort",
+            name,
             {
                 "status": "done",
-                "key": key,
+                "key": info["key"],
                 "seconds": info["seconds"],
                 "version": GENERATOR_VERSION,
-                "digest": self.digests["cohort"],
+                "digest": self.digests[name],
             },
         )
-        return Plan(self.cfg, files, self.group)
 
     def run(self) -> Path:
         """Every step in order, then the report; return ``report.md``."""
@@ -262,7 +284,7 @@ class DemoRunner:
             else:
                 self.run_step(step, plan.wandb)
         self.run_parallel(parallel, plan.wandb)
-        for step in plan.late():
+        for step in [*plan.external(), *plan.late()]:
             self.run_step(step, plan.wandb)
         total = time.perf_counter() - t0
         return write_report(self.root, plan, self.timings, total, self.group, self.walls)

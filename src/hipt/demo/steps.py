@@ -13,7 +13,17 @@ from hipt.demo.config import DemoConfig
 
 BACKBONE = "backbone.safetensors"  # what the pretrain stage exports (documented stage output)
 #: The demo's stage folders (under ``out``): everything made from the cohort.
-STAGE_FOLDERS = ("tile", "pretrain_256", "features", "pretrain_4k", "finetune", "heatmaps")
+STAGE_FOLDERS = (
+    "tile",
+    "pretrain_256",
+    "features",
+    "pretrain_4k",
+    "finetune",
+    "heatmaps",
+    "external",
+)
+#: The external cohort's folder (its cohort, tiles, stores and predictions).
+EXTERNAL = "external"
 HEATMAP_TASK = "subtype"
 
 
@@ -50,8 +60,15 @@ class Step:
 class Plan:
     """Folders and arguments of every step, from the demo config and the cohort files."""
 
-    def __init__(self, cfg: DemoConfig, cohort: CohortFiles, group: str) -> None:
+    def __init__(
+        self,
+        cfg: DemoConfig,
+        cohort: CohortFiles,
+        group: str,
+        external: CohortFiles | None = None,
+    ) -> None:
         self.cfg, self.cohort, self.root = cfg, cohort, Path(cfg.out)
+        self.external_cohort = external
         w = cfg.wandb
         self.wandb = [f"wandb.mode={w.mode}", f"wandb.project={w.project}", f"wandb.group={group}"]
         if w.entity:
@@ -166,6 +183,58 @@ class Plan:
             ["extract", "pretrain_4k"],
             ["overwrite=true"],
         )
+
+    def external(self) -> Iterator[Step]:
+        """The external cohort's steps.
+
+        Tile and extract it as the training cohort, then predict it with the headline model's
+        fold models, task by task.
+        """
+        ext = self.external_cohort
+        if ext is None:
+            return
+        s, head = self.cfg.stages, self.cfg.headline_model
+        root = self.root / EXTERNAL
+        tiles, features = root / "tile", root / "features"
+        p256 = self.folder("pretrain_256") / BACKBONE
+        yield Step(
+            "external_tile",
+            "external",
+            "tile",
+            [f"slides={ext.manifest_csv}", f"out={tiles}", *self.fill(s.tile)],
+            tiles,
+            "regions.parquet",
+            ["external_cohort"],
+        )
+        yield Step(
+            "external_extract",
+            "external",
+            "extract_features",
+            [f"tiles={tiles}", f"out={features}", f"checkpoint256={p256}", *self.fill(s.extract)],
+            features,
+            "summary.json",
+            ["external_tile", "pretrain_256"],
+        )
+        for task in self.cfg.tasks:
+            out = root / "predict" / task
+            argv = [
+                f"model={self.finetune_dir(head, task)}",
+                f"cohort={ext.cohort_csv}",
+                f"features={features}",
+                f"out={out}",
+                f"bootstrap={self.cfg.external_bootstrap}",
+            ]
+            upstream = ["external_extract", f"finetune_{head}_{task}"]
+            yield Step(
+                f"predict_{task}",
+                "predict",
+                "predict",
+                argv,
+                out,
+                "summary.json",
+                upstream,
+                ["overwrite=true"],
+            )
 
     def heatmap_slides(self) -> list[tuple[str, Path, str | None]]:
         """``(slide_id, slide path, patient_id)`` to draw: one slide per subtype, then more."""

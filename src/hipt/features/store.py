@@ -267,6 +267,17 @@ def mismatches(meta: FeatureStoreMeta, expect: dict[str, Any]) -> list[str]:
     return out
 
 
+def provenance_problem(meta: FeatureStoreMeta, trained_on: dict[str, Any] | None) -> str | None:
+    """How a store differs from the stores a model was trained on (its card's ``trained_on``).
+
+    Returns:
+        ``None`` when every recorded value matches, else the first ``key: store has X,
+        expected Y``.
+    """
+    bad = mismatches(meta, dict(trained_on or {}))
+    return bad[0] if bad else None
+
+
 def needs_recompute(
     path: str | Path, expect: dict[str, Any] | None = None, verify: bool = False
 ) -> str | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hipt.config import WandbConfig, non_result
+from hipt.tasks.config import TargetConfig
 
 INPUTS = ("auto", "feats256", "feats4k")
 SELECT = ("last", "best_val")
@@ -40,26 +41,6 @@ class ModelConfig:
     dropout: float = 0.25
     standardize: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TargetConfig:
-    """Which cohort columns hold the labels, and task options.
-
-    Attributes:
-        column: label column (default: ``subtype``, ``stage`` or ``response`` after the task).
-            Survival reads ``time`` + ``event`` or TCGA-style ``survival_months`` +
-            ``censorship`` (1 = censored).
-        classes: subtype class names in logit order (default: sorted names found); a label
-            outside this list is a validation error.
-        n_bins: survival time bins (quantiles of uncensored training times; official: 4).
-        alpha: survival NLL weight on the uncensored term (MCAT ``alpha_surv``; official 0).
-    """
-
-    column: str | None = None
-    classes: list[str] = field(default_factory=list)
-    n_bins: int = 4
-    alpha: float = 0.0
 
 
 @dataclass

@@ -24,10 +24,10 @@ from hipt.finetune.datamodule import BagDataset, BagReader, SlideBagDataModule
 from hipt.finetune.module import SlideTaskModule
 from hipt.finetune.selection import SelectBest
 from hipt.finetune.slide_model import ModelPlan, build_model, fit_scaler
-from hipt.finetune.tasks import Task
 from hipt.io import atomic_write_json, atomic_write_text
 from hipt.models import export_model
 from hipt.models.runtime import resolve_precision
+from hipt.tasks.base import Task
 
 log = logging.getLogger(__name__)
 

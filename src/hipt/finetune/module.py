@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from hipt.finetune.datamodule import Bag
-from hipt.finetune.tasks import Task
+from hipt.tasks.base import Task
 
 
 class SlideTaskModule(L.LightningModule):

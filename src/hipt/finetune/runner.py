@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,13 +11,11 @@ import pandas as pd
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from hipt.cohort import Cohort, load_cohort
 from hipt.errors import ConfigError, StaleOutputError
-from hipt.finetune import plots
-from hipt.finetune.cohort import Cohort, load_cohort
 from hipt.finetune.config import SELECT, FinetuneConfig
 from hipt.finetune.datamodule import BagReader
 from hipt.finetune.fold import FoldResult, read_done, train_fold, write_done
-from hipt.finetune.metrics import confusion
 from hipt.finetune.slide_model import (
     ModelPlan,
     checkpoint_sha,
@@ -27,10 +24,11 @@ from hipt.finetune.slide_model import (
     plan_model,
 )
 from hipt.finetune.splits import load_or_make_folds
-from hipt.finetune.tasks import Task, build_task
 from hipt.io import atomic_write_text
 from hipt.models import SLIDE_HEAD, model_spec
 from hipt.stage import StageRun
+from hipt.tasks.base import Task, build_task
+from hipt.tasks.plots import task_plots
 from hipt.tracking import finish, resolve_mode
 
 log = logging.getLogger(__name__)
@@ -99,23 +97,6 @@ def summarize(results: list[FoldResult]) -> pd.DataFrame:
     table = pd.DataFrame(rows).set_index("fold")
     stats = pd.DataFrame([table.mean(), table.std(ddof=1)], index=["mean", "std"])
     return pd.concat([table, stats]).rename_axis("fold").reset_index()
-
-
-def make_plots(task: Task, frames: list[pd.DataFrame], out: Path) -> dict[str, Path]:
-    """ROC per fold and pooled confusion matrix (classification) or Kaplan-Meier (survival)."""
-    made: dict[str, Path] = {}
-    if "roc" in task.plots:
-        cols, names = task.roc_columns()
-        made["roc"] = plots.roc_plot(frames, cols, names, out / "roc.png")
-    if "confusion" in task.plots:
-        pooled = pd.concat(frames, ignore_index=True)
-        pred = pooled["pred"].astype(str).map({c: i for i, c in enumerate(task.classes)})
-        cm = confusion(pred.to_numpy(), pooled["label_index"].to_numpy(), len(task.classes))
-        made["confusion"] = plots.confusion_plot(cm, task.classes, out / "confusion.png")
-    if "km" in task.plots:
-        made["km"], p = plots.km_plot(frames, out / "km.png")
-        log.info("Kaplan-Meier high vs low predicted risk (test folds): log-rank p = %.3g", p)
-    return made
 
 
 def _bag_reader(
@@ -218,7 +199,7 @@ def run_finetune(cfg: FinetuneConfig) -> pd.DataFrame:
         results = _run_folds(cfg, task, cohort, run, group)
         summary = summarize(results)
         atomic_write_text(run.out / "summary.csv", summary.to_csv(index=False))
-        made = make_plots(task, [r.predictions for r in results], run.out)
+        made = task_plots(task, [r.predictions for r in results], run.out, "test folds")
         run.done({
             "task": cfg.task,
             "n_patients": len(cohort.patients),

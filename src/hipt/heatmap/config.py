@@ -73,12 +73,21 @@ class HeatmapConfig:
     """Settings of ``make heatmap``; see ``conf/heatmap.yaml`` for the documented defaults.
 
     Attributes:
-        slide: the slide file the store was extracted from (read the way tiling recorded,
-            MPP included, from the store: no geometry settings here).
-        features: the slide's feature store (``<slide_id>.zarr``).
+        slide: one slide file the store was extracted from (read the way tiling recorded, MPP
+            included, from the store: no geometry settings here).
+        features: the slide's feature store (``<slide_id>.zarr``); with ``slides``, the folder
+            of the cohort's stores.
+        slides: many slides at once: a cohort CSV (``slide_id`` column; stores in
+            ``features``) or a folder of stores; each slide's file is the one its store
+            records. One subfolder per slide, and an ``index.html`` of all, by score.
         out: output folder.
-        model: finetuned slide model: an exported ``.safetensors`` with its ``.json`` card, or a
-            finetune ``fold_<k>`` folder; ``null`` draws only the ViT levels.
+        model: finetuned slide model: an exported ``.safetensors`` with its ``.json`` card, a
+            finetune ``fold_<k>`` folder, or an official HIPT ``s_<k>_checkpoint.pt`` (give
+            ``task``); ``null`` draws only the ViT levels.
+        task: official HIPT files only: what the model predicts.
+        classes: official HIPT files only: class names in logit order.
+        geojson: write ``attention.geojson`` (regions and tissue patches with their attention
+            as QuPath measurements, and the tissue outline) for QuPath's File > Import objects.
         checkpoint256: ViT-256 weights; must be the file the store was made with.
         checkpoint4k: ViT-4K weights; must be the file the store was made with.
         canvas_mpp: µm per canvas pixel of the drawings (8 ~ a 4,700 px canvas for a
@@ -108,10 +117,14 @@ class HeatmapConfig:
         wandb: Weights & Biases settings.
     """
 
-    slide: str = "???"
-    features: str = "???"
+    slide: str | None = None
+    features: str | None = None
+    slides: str | None = None
     out: str = non_result("???")
     model: str | None = None
+    task: str | None = None
+    classes: list[str] = dataclasses.field(default_factory=list)
+    geojson: bool = True
     checkpoint256: str | None = None
     checkpoint4k: str | None = None
     canvas_mpp: float = 8.0
@@ -144,6 +157,13 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def validate(cfg: HeatmapConfig) -> None:
     """Raise :class:`ConfigError` naming the first invalid value."""
+    if cfg.slides is None and (cfg.slide is None or cfg.features is None):
+        raise ConfigError(
+            "give SLIDE=<slide file> FEATURES=<its store>, or SLIDES=<cohort CSV "
+            "with FEATURES=<store folder> | store folder>"
+        )
+    if cfg.slides is not None and cfg.slide is not None:
+        raise ConfigError("give SLIDE= (one slide) or SLIDES= (many), not both")
     _choice("percentile_scope", cfg.percentile_scope, SCOPES)
     _choice("combine", cfg.combine, COMBINES)
     _choice("model_input", cfg.model_input, MODEL_INPUTS)

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from hipt.io import atomic_write_text
 
-_STYLE = """
+#: No icon: a browser would otherwise ask the server for /favicon.ico (a 404 in its console).
+HEAD_ICON = '<link rel="icon" href="data:,">'
+STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table.info td { padding: 2px 12px 2px 0; vertical-align: top; }
@@ -75,7 +77,8 @@ def render_page(page: Page) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{escape(page.title)}</title><style>{_STYLE}</style></head><body>",
+        HEAD_ICON,
+        f"<title>{escape(page.title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(page.title)}</h1>",
         f'<table class="info">{rows}</table>',
         "<h2>Factorized and slide-level attention</h2>",

@@ -121,9 +121,16 @@ def vit4k_cls_attention(vit4k: nn.Module, feats256: np.ndarray, device: torch.de
 
 
 @torch.inference_mode()
-def slide_attention(model: nn.Module, bag: np.ndarray, device: torch.device) -> np.ndarray:
-    """Region attention ``[M]`` of a slide head (``SlideOutput.attention``) for one bag."""
+def slide_forward(
+    model: nn.Module, bag: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Region attention ``[M]`` and logits ``[1, C]`` (CPU) of a slide head for one bag."""
     x = torch.from_numpy(np.ascontiguousarray(bag, np.float32)).to(device)
     with autocast_context(device):
         out = model(x)
-    return out.attention.float().cpu().numpy()
+    return out.attention.float().cpu().numpy(), out.logits.float().cpu()
+
+
+def slide_attention(model: nn.Module, bag: np.ndarray, device: torch.device) -> np.ndarray:
+    """Region attention ``[M]`` of a slide head (``SlideOutput.attention``) for one bag."""
+    return slide_forward(model, bag, device)[0]

@@ -60,6 +60,7 @@ def remove_owned(out: Path) -> None:
             path.unlink()
     remove_path(out / "topk")
     remove_path(out / "arrays")
+    remove_path(out / "attention.geojson")
 
 
 def _legend_lines(cfg: HeatmapConfig, inp: Inputs, name: str, geom: CanvasGeometry) -> list[str]:
@@ -71,7 +72,7 @@ def _legend_lines(cfg: HeatmapConfig, inp: Inputs, name: str, geom: CanvasGeomet
     }[name.split("_")[0]]
     lines = [scope, f"slide: {inp.store.slide_id}", f"canvas: {geom.canvas_mpp:.2f} µm/px"]
     if inp.slide is not None:
-        lines.append(f"slide model: {inp.slide.name}")
+        lines.append(f"slide model: {inp.slide.architecture}")
     lines.append(f"smoothing: {'shifted passes' if cfg.smoothing else 'off'}")
     lines.append("uncoloured: background / no region")
     return lines
@@ -102,7 +103,7 @@ def finish_outputs(
         if tops[key]:
             logger.log_image(key=f"topk/{key}", images=[str(out / r["file"]) for r in tops[key]])
     is_main = lambda n: n.startswith("factorized") or n == "slide_attention"  # noqa: E731
-    model = "none" if inp.slide is None else f"{inp.slide.name} ({inp.slide.path})"
+    model = "none" if inp.slide is None else f"{inp.slide.architecture} ({inp.slide.path})"
     page = Page(
         title=f"HIPT attention: {inp.store.slide_id}",
         info=[
@@ -112,6 +113,7 @@ def finish_outputs(
             ("regions", str(inp.store.n_regions)),
             ("canvas", f"{geom.width} x {geom.height} px at {geom.canvas_mpp:.3f} µm/px"),
             ("ViT-4K drawn", inp.vit4k_from),
+            *_prediction_line(facts.get("prediction")),
             (
                 "factorized",
                 f"{cfg.combine} (weights slide {cfg.weights.slide}, "
@@ -124,6 +126,11 @@ def finish_outputs(
         regions=[Figure(r["file"], _caption(r)) for r in tops["regions"]],
         patches=[Figure(r["file"], _caption(r)) for r in tops["patches"]],
         links=[
+            *(
+                [("attention.geojson", "attention.geojson (QuPath: File > Import objects)")]
+                if facts.get("geojson")
+                else []
+            ),
             ("summary.json", "summary.json"),
             ("run.json", "run.json"),
             ("resolved_config.yaml", "resolved_config.yaml"),
@@ -139,7 +146,7 @@ def finish_outputs(
         if inp.slide is None
         else {
             "path": str(inp.slide.path),
-            "name": inp.slide.name,
+            "name": inp.slide.architecture,
             "input": inp.model_input,
         },  # fmt: skip
         "vit4k_from": inp.vit4k_from,
@@ -153,10 +160,19 @@ def finish_outputs(
         "maps": files,
         "topk": tops,
         "slide_attention": facts["slide_attention"],
+        "prediction": facts["prediction"],
+        "geojson": facts["geojson"],
         "feature_check": facts["feature_check"],
         "seconds": facts["seconds"],
         "index": "index.html",
     }
+
+
+def _prediction_line(prediction: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The page's line for the slide model's prediction, if there is a model."""
+    if prediction is None:
+        return []
+    return [("prediction", f"{prediction['label']} (score {prediction['score']:.3f})")]
 
 
 def _caption(rec: dict[str, Any]) -> str:

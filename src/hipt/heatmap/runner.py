@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -21,14 +22,14 @@ from hipt.errors import HiptError, StaleOutputError
 from hipt.features import FeatureStore, open_store
 from hipt.heatmap.canvas import CanvasGeometry, CanvasStack, choose_canvas_mpp
 from hipt.heatmap.config import HeatmapConfig, heatmap_hash, validate
-from hipt.heatmap.inference import Vit256Pass, resolve_device, slide_attention, vit4k_cls_attention
+from hipt.heatmap.geojson import AttentionObjects, patch_means
+from hipt.heatmap.inference import Vit256Pass, resolve_device, slide_forward, vit4k_cls_attention
 from hipt.heatmap.models import (
     SlideModel,
     build_encoder,
     check_provenance,
     check_weights,
     load_slide_model,
-    resolve_input,
 )
 from hipt.heatmap.outputs import finish_outputs, map_names, remove_owned, summary_extra
 from hipt.heatmap.passes import MapSpec, RegionScorer
@@ -41,6 +42,7 @@ from hipt.slides.geometry import open_slide_at
 from hipt.slides.pixels import read_region_hwc
 from hipt.slides.regions import GRID
 from hipt.stage import StageRun
+from hipt.tasks.base import task_from_state
 
 if TYPE_CHECKING:
     from timm.layers import Attention
@@ -69,8 +71,8 @@ class Inputs:
 
 def fingerprint(cfg: HeatmapConfig) -> dict[str, Any]:
     """What identifies a run's result: settings and the identity of every input file."""
-    slide = Path(cfg.slide)
-    store = open_store(cfg.features)
+    slide = Path(str(cfg.slide))
+    store = open_store(str(cfg.features))
     ident: dict[str, Any] = {
         "config_hash": heatmap_hash(cfg),
         "slide": {"size": slide.stat().st_size, "mtime_ns": slide.stat().st_mtime_ns}
@@ -85,17 +87,30 @@ def fingerprint(cfg: HeatmapConfig) -> dict[str, Any]:
     return {**ident, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()}
 
 
-def open_inputs(cfg: HeatmapConfig) -> Inputs:
+#: Models built once per process run (a cohort's slides share their encoders and slide model).
+ModelCache = dict[tuple[str, ...], Any]
+
+
+def _cached(cache: ModelCache, key: tuple[str, ...], make: Any) -> Any:
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def open_inputs(cfg: HeatmapConfig, cache: ModelCache | None = None) -> Inputs:
     """Open store, slide and models; refuse mismatched weights or a slide of another store.
 
     The slide is opened with the geometry the store records (tiling's MPP and its source,
     read level and size), so a slide tiled with ``mpp_override`` needs nothing more here.
+    Models come from ``cache`` when an earlier slide of the run built them.
     """
-    store = open_store(cfg.features)
+    cache = {} if cache is None else cache
+    store = open_store(str(cfg.features))
     meta = store.meta
     if store.n_regions == 0:
         raise HiptError(f"{cfg.features}: the store holds no regions (no tissue); nothing to draw")
-    size = Path(cfg.slide).stat().st_size if Path(cfg.slide).is_file() else -1
+    slide_file = Path(str(cfg.slide))
+    size = slide_file.stat().st_size if slide_file.is_file() else -1
     if size >= 0 and meta.source_size_bytes not in (size, -1):
         raise StaleOutputError(
             f"{cfg.slide} ({size} bytes) is not the slide {meta.slide_id} the store was made from "
@@ -103,10 +118,15 @@ def open_inputs(cfg: HeatmapConfig) -> Inputs:
         )
     sha256 = check_weights("256", cfg.checkpoint256, meta.checkpoint_256_sha256)
     device = resolve_device(cfg.device)
-    slide = load_slide_model(cfg.model, device) if cfg.model else None
+    slide = None
+    if cfg.model:
+        model = cfg.model
+        slide = _cached(
+            cache, ("slide", model), lambda: load_slide_model(model, device, cfg.task, cfg.classes)
+        )
     if slide is not None:
-        check_provenance(slide, meta, Path(cfg.features))
-    model_input = resolve_input(slide, cfg.model_input) if slide else None
+        check_provenance(slide, meta, Path(str(cfg.features)))
+    model_input = slide.input_kind(cfg.model_input) if slide else None
     own_4k = slide.region_encoder() if slide else None
     vit4k_from = cfg.vit4k_source
     if vit4k_from == "auto":
@@ -116,36 +136,68 @@ def open_inputs(cfg: HeatmapConfig) -> Inputs:
     need_4k = vit4k_from == "checkpoint" or cfg.checkpoint4k is not None
     sha4k = check_weights("4K", cfg.checkpoint4k, meta.checkpoint_4k_sha256) if need_4k else None
     if meta.random_weights:
-        log.warning("the store was made with random encoder weights: the maps show an "
-                    "untrained model (seed %d)", cfg.seed)  # fmt: skip
-    torch.manual_seed(cfg.seed)  # random encoders: same init order as extraction (256, then 4K)
-    vit256 = build_encoder(meta.model_256, cfg.checkpoint256, device)
-    if own_4k is not None and vit4k_from == "model":
-        vit4k = own_4k.eval()
-    else:
-        vit4k = build_encoder(meta.model_4k, cfg.checkpoint4k, device)
+        log.warning(
+            "the store was made with random encoder weights: the maps show an "
+            "untrained model (seed %d)",
+            cfg.seed,
+        )
+    # Random encoders: seeded, in extraction's order (256, then 4K), once per run.
+    key = (meta.model_256, str(cfg.checkpoint256), meta.model_4k, str(cfg.checkpoint4k))
+
+    def encoders() -> tuple[nn.Module, nn.Module]:
+        torch.manual_seed(cfg.seed)
+        v256 = build_encoder(meta.model_256, cfg.checkpoint256, device)
+        return v256, build_encoder(meta.model_4k, cfg.checkpoint4k, device)
+
+    vit256, store_4k = _cached(cache, ("encoders", *key), encoders)
+    vit4k = own_4k.eval() if own_4k is not None and vit4k_from == "model" else store_4k
     reader = open_slide_at(meta.geometry(), path=cfg.slide)  # last: nothing can fail after it
     shas = {
         "checkpoint256": sha256,
         "checkpoint4k": sha4k,
         "model": slide.sha256 if slide else None,
     }
-    return Inputs(store, reader, device, Vit256Pass(vit256, device, cfg.batch_size), vit4k,
-                  vit4k_from, slide, model_input, shas)  # fmt: skip
+    return Inputs(
+        store,
+        reader,
+        device,
+        Vit256Pass(vit256, device, cfg.batch_size),
+        vit4k,
+        vit4k_from,
+        slide,
+        model_input,
+        shas,
+    )
 
 
-def prepass(inp: Inputs) -> tuple[np.ndarray | None, np.ndarray]:
-    """From the store alone: slide attention ``[M]`` (or None), ViT-4K attention ``[M,H,16,16]``."""
+def _prediction(state: dict[str, Any], logits: torch.Tensor) -> dict[str, Any]:
+    """The slide model's prediction for one slide: the task's outputs and their headline."""
+    task = task_from_state(state)
+    outputs = task.outputs(logits)
+    label, score = task.headline(outputs)
+    values = {k: v[0].item() for k, v in outputs.items()}
+    return {"task": task.name, "label": label, "score": score, "outputs": values}
+
+
+def prepass(inp: Inputs) -> tuple[np.ndarray | None, np.ndarray, dict[str, Any] | None]:
+    """What the store alone gives: slide attention, ViT-4K attention, the prediction.
+
+    Returns:
+        Slide attention ``[M]`` (None without a slide model), ViT-4K attention
+        ``[M, H, 16, 16]``, and the slide model's prediction for the slide (or None).
+    """
     store = inp.store
-    att = None
+    att, prediction = None, None
     if inp.slide is not None:
         bag = store.feats256() if inp.model_input == "feats256" else store.feats4k()
-        att = slide_attention(inp.slide.model, bag, inp.device)
+        att, logits = slide_forward(inp.slide.model, bag, inp.device)
+        if "task" in inp.slide.card.output:  # a model exported without its task only draws
+            prediction = _prediction(inp.slide.card.output, logits)
     chunks = [
         vit4k_cls_attention(inp.vit4k, store.feats256(slice(i, i + CHUNK_REGIONS)), inp.device)
         for i in range(0, store.n_regions, CHUNK_REGIONS)
     ]
-    return att, np.concatenate(chunks)
+    return att, np.concatenate(chunks), prediction
 
 
 def canvas_thumbnail(reader: SlideReader, geom: CanvasGeometry) -> np.ndarray:
@@ -185,7 +237,8 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
     t0 = time.perf_counter()
     store, meta, reader = inp.store, inp.store.meta, inp.reader
     slide_geom = meta.geometry()
-    att, attn4k = prepass(inp)
+    att, attn4k, prediction = prepass(inp)
+    objects = AttentionObjects(slide_geom) if cfg.geojson else None
     coords, mask = store.coords(), store.patch_mask()
     slide_pct = percentile(att) if att is not None else None
     w0, h0 = slide_geom.width, slide_geom.height
@@ -207,16 +260,33 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
     canvases = CanvasStack(geom, names, work)
     try:
         thumb = canvas_thumbnail(reader, geom)
-        bar = tqdm(range(len(coords)), desc=f"heatmap {meta.slide_id}", unit="region",
-                   disable=not cfg.progress)  # fmt: skip
+        bar = tqdm(
+            range(len(coords)),
+            desc=f"heatmap {meta.slide_id}",
+            unit="region",
+            disable=not cfg.progress,
+        )
         with logging_redirect_tqdm():
             for m in bar:
                 x, y = (int(v) for v in coords[m])
                 pixels = read_region_hwc(reader, slide_geom, x, y)
-                res = scorer.score(pixels, store.feats256(m), attn4k[m], mask[m],
-                                   None if slide_pct is None else float(slide_pct[m]))  # fmt: skip
+                res = scorer.score(
+                    pixels,
+                    store.feats256(m),
+                    attn4k[m],
+                    mask[m],
+                    None if slide_pct is None else float(slide_pct[m]),
+                )
                 canvases.paint(x, y, side_l0, res.maps.maps)
                 cosines.append(res.cosine)
+                if objects is not None:
+                    region = {}
+                    if att is not None and slide_pct is not None:
+                        region = {
+                            "slide_attention": float(slide_pct[m]),
+                            "slide_attention_weight": float(att[m]),
+                        }
+                    objects.add_region(m, (x, y), mask[m], patch_means(res.maps.maps, GRID), region)
                 for pick in (p for p in picks_r if p.region == m):
                     f = region_crop(topk_dir, pick, pixels, res.maps, crop_side, cfg.render)
                     tops["regions"].append(record(pick, f, out, (x, y), side_l0))
@@ -235,6 +305,8 @@ def draw(cfg: HeatmapConfig, inp: Inputs, out: Path, logger: Any) -> dict[str, A
             "tokens_per_patch": scorer.t,
             "heads": {"vit256": spec.heads256, "vit4k": spec.heads4k},
             "slide_attention": None if att is None else att.tolist(),
+            "prediction": prediction,
+            "geojson": objects.write(out).name if objects is not None else None,
             "topk": tops,
             "feature_check": _feature_check(cos) if cfg.check_features else None,
             "seconds": round(time.perf_counter() - t0, 2),
@@ -281,21 +353,26 @@ def _up_to_date(out: Path, ident: dict[str, Any], overwrite: bool) -> bool:
     )
 
 
-def run(cfg: HeatmapConfig) -> int:
-    """Run the stage; return the exit code (0 also when the outputs are already up to date)."""
-    validate(cfg)
+def render_slide(cfg: HeatmapConfig, cache: ModelCache | None = None) -> dict[str, Any]:
+    """Draw one slide (``cfg.slide`` with its store ``cfg.features``) into ``cfg.out``.
+
+    Returns:
+        Its summary (also ``summary.json``); ``{"up_to_date": True, ...}`` when nothing was
+        redone.
+    """
     out = Path(cfg.out)
-    inputs = [cfg.slide, cfg.features, *([cfg.model] if cfg.model else [])]
+    inputs = [str(cfg.slide), str(cfg.features), *([cfg.model] if cfg.model else [])]
     chash = heatmap_hash(cfg)
     with StageRun(STAGE, cfg, out, inputs=inputs, chash=chash, defer_start=True) as stage:
         ident = fingerprint(cfg)
         if _up_to_date(out, ident, cfg.overwrite):
             log.info("heatmaps in %s are up to date; open %s", out, out / "index.html")
-            return 0
+            summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
+            return {**summary, "up_to_date": True}
         stage.start()
         remove_path(out / "summary.json")
         remove_owned(out)
-        inp = open_inputs(cfg)
+        inp = open_inputs(cfg, cache)
         try:
             summary = draw(cfg, inp, out, stage.logger)
         finally:
@@ -304,4 +381,15 @@ def run(cfg: HeatmapConfig) -> int:
         stage.done(summary_extra(inp))
         stage.write_summary(summary)  # last: its presence marks a finished run
     log.info("done: open %s", out / "index.html")
+    return summary
+
+
+def run(cfg: HeatmapConfig) -> int:
+    """Run the stage; return the exit code (0 also when the outputs are already up to date)."""
+    validate(cfg)
+    if cfg.slides is not None:
+        from hipt.heatmap.cohort import run_cohort
+
+        return run_cohort(cfg, render_slide)
+    render_slide(cfg)
     return 0

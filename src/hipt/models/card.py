@@ -180,8 +180,9 @@ def save_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path_for(out)
     try:
-        safetensors.torch.save_file(tensors, str(tmp), metadata={"architecture": card.architecture,
-                                                                 "format": FORMAT})  # fmt: skip
+        # One metadata key only: safetensors writes a metadata map in no fixed order, and the
+        # file's sha256 must not change between two exports of the same weights.
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"architecture": card.architecture})
         card = dataclasses.replace(
             card,
             sha256=sha256_file(tmp),

@@ -62,8 +62,10 @@ def official_state(path: str | PathLike[str]) -> dict[str, Tensor]:
         )
     state = {_unwrap(str(k)): v for k, v in raw.items()}
     if "classifier.weight" not in state or "global_phi.0.weight" not in state:
-        raise ModelFileError(f"{path}: no classifier.* / global_phi.* keys: not an official HIPT "
-                             "slide model (HIPT_LGP_FC or HIPT_GP_FC)")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: no classifier.* / global_phi.* keys: not an official HIPT "
+            "slide model (HIPT_LGP_FC or HIPT_GP_FC)"
+        )
     return state
 
 
@@ -91,8 +93,10 @@ def load_official(
             differs from the file's, or any missing / unexpected / mis-shaped key.
     """
     if task not in TASKS:
-        raise ModelFileError(f"{path}: task must be one of {', '.join(TASKS)} for an official "
-                             f"model (the file does not say), got {task!r}")  # fmt: skip
+        raise ModelFileError(
+            f"{path}: task must be one of {', '.join(TASKS)} for an official "
+            f"model (the file does not say), got {task!r}"
+        )
     state = official_state(path)
     n_out = int(state["classifier.weight"].shape[0])
     if n_classes is not None and n_classes != n_out:
@@ -115,6 +119,6 @@ def load_official(
             "source": "official HIPT finetuned model",
             "file": Path(path).name,
             "official_class": "HIPT_LGP_FC" if has_vit4k else "HIPT_GP_FC",
-        },  # fmt: skip
+        },
     )
     return Loaded(model.eval(), card)

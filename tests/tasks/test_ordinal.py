@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hipt.finetune.ordinal import corn_class_probs, corn_loss, corn_rank, parse_stage
+from hipt.tasks.ordinal import corn_class_probs, corn_loss, corn_rank, parse_stage
 
 
 def corn_loss_loop(logits, y):

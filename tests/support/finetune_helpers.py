@@ -13,8 +13,8 @@ import zarr
 from hipt.config import load_config
 from hipt.features import FeatureStoreMeta, find_store, open_store, write_store
 from hipt.finetune import FinetuneConfig
-from hipt.finetune.tasks import task_from_state
 from hipt.models import load
+from hipt.tasks.base import task_from_state
 
 #: Settings every CPU test run shares: no validation part, 3 folds, one torch thread (tiny
 #: models are fastest that way and the CI machine is shared), no W&B unless a test asks.

@@ -1,9 +1,11 @@
-"""Test-fold plots: ROC curves per fold, pooled confusion matrix, Kaplan-Meier of risk groups."""
+"""Prediction plots: ROC curves, pooled confusion matrix, Kaplan-Meier of risk groups."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,8 +15,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from hipt.finetune.km import kaplan_meier, logrank_test  # noqa: E402
 from hipt.io import atomic_output  # noqa: E402
+from hipt.tasks.km import kaplan_meier, logrank_test  # noqa: E402
+from hipt.tasks.metrics import confusion  # noqa: E402
+
+if TYPE_CHECKING:
+    from hipt.tasks.base import Task
+
+log = logging.getLogger(__name__)
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -119,3 +127,30 @@ def km_plot(frames: Sequence[pd.DataFrame], path: Path) -> tuple[Path, float]:
     )
     ax.legend()
     return _save(fig, path), p
+
+
+def task_plots(task: Task, frames: Sequence[pd.DataFrame], out: Path, what: str) -> dict[str, Path]:
+    """The task's plots of prediction frames (one per fold, or one for an ensemble).
+
+    ROC curves and the pooled confusion matrix (classification), or Kaplan-Meier curves of the
+    high and low predicted-risk halves with the log-rank p (survival).
+
+    Args:
+        task: the fitted task.
+        frames: prediction tables with the truth columns (``label_index`` or ``time/event``).
+        out: folder of ``roc.png``, ``confusion.png``, ``km.png``.
+        what: what the frames are, for the log (e.g. ``"test folds"``).
+    """
+    made: dict[str, Path] = {}
+    if "roc" in task.plots:
+        cols, names = task.roc_columns()
+        made["roc"] = roc_plot(frames, cols, names, out / "roc.png")
+    if "confusion" in task.plots:
+        pooled = pd.concat(frames, ignore_index=True)
+        pred = pooled["pred"].astype(str).map({c: i for i, c in enumerate(task.classes)})
+        cm = confusion(pred.to_numpy(), pooled["label_index"].to_numpy(), len(task.classes))
+        made["confusion"] = confusion_plot(cm, task.classes, out / "confusion.png")
+    if "km" in task.plots:
+        made["km"], p = km_plot(frames, out / "km.png")
+        log.info("Kaplan-Meier high vs low predicted risk (%s): log-rank p = %.3g", what, p)
+    return made

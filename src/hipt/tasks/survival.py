@@ -14,10 +14,10 @@ import torch
 from pycox.models.loss import nll_logistic_hazard
 from torch import Tensor
 
+from hipt.cohort import Problem, is_missing, rows_of
 from hipt.errors import HiptError
-from hipt.finetune import metrics as M
-from hipt.finetune.cohort import Problem, is_missing, rows_of
-from hipt.finetune.tasks import TASKS, Task
+from hipt.tasks import metrics as M
+from hipt.tasks.base import TASKS, Task
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,11 @@ class SurvivalTask(Task):
                 return t, e, e == "censorship"
         return None
 
+    def label_source(self, df: pd.DataFrame) -> list[str]:
+        """The time and event (or censorship) columns, when the table has both."""
+        cols = self._columns(df)
+        return [] if cols is None else [cols[0], cols[1]]
+
     def read_labels(self, df: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
         """``time`` (>= 0) and ``event`` (0/1) per row; censorship columns are inverted."""
         cols = self._columns(df)
@@ -224,10 +229,16 @@ class SurvivalTask(Task):
             raise HiptError("survival bins are not set; call fit(train) first")
         return self.edges
 
+    def _bins(self, time: np.ndarray) -> np.ndarray:
+        """Time bin per patient; -1 when the bins are not known (an official HIPT model)."""
+        if self.edges is None and self.fixed:
+            return np.full(len(time), -1, dtype=np.int64)
+        return discretize(time, self._edges())
+
     def targets(self, patients: pd.DataFrame) -> Tensor:
         """``[N, 3]``: bin index, event, time."""
         time = patients["time"].to_numpy(float)
-        bins = discretize(time, self._edges())
+        bins = self._bins(time)
         return torch.as_tensor(np.stack([bins, patients["event"].to_numpy(float), time], 1))
 
     def sample_labels(self, patients: pd.DataFrame) -> np.ndarray:
@@ -248,17 +259,25 @@ class SurvivalTask(Task):
         out.update({f"surv_{k}": surv[:, k] for k in range(surv.shape[1])})
         return out
 
-    def metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
-        """Harrell's C (sksurv-identical), Antolini's C and IBS (pycox EvalSurv)."""
-        logits, target = logits.double(), target.double()
+    def headline(self, outputs: dict[str, np.ndarray]) -> tuple[str, float]:
+        """The predicted risk (higher: earlier event)."""
+        risk = float(outputs["risk"][0])
+        return f"risk {risk:.3f}", risk
+
+    def score(self, outputs: dict[str, np.ndarray], target: Tensor) -> dict[str, float]:
+        """Harrell's C (sksurv-identical), Antolini's C and IBS (pycox EvalSurv).
+
+        The last two need the bins' time edges; a model that does not carry them (an official
+        HIPT file) gets NaN there.
+        """
+        target = target.double()
         event, time = target[:, 1].numpy().astype(int), target[:, 2].numpy()
-        risk = risk_score(logits).numpy()
+        risk = np.asarray(outputs["risk"], float)
         out = {"c_index": M.harrell_c(time, event, risk) if len(time) else M.NAN}
-        out.update(
-            eval_surv_metrics(
-                survival_curves(logits).numpy(), self._edges(), self.t_max, time, event
-            )
-        )
+        if self.edges is None:
+            return {**out, "c_index_td": M.NAN, "ibs": M.NAN}
+        surv = np.stack([np.asarray(outputs[f"surv_{k}"], float) for k in range(self.n_outputs)], 1)
+        out.update(eval_surv_metrics(surv, self.edges, self.t_max, time, event))
         return out
 
     def val_metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
@@ -273,7 +292,7 @@ class SurvivalTask(Task):
         return {
             "time": time,
             "event": patients["event"].to_numpy().astype(int),
-            "bin": discretize(time, self._edges()),
+            "bin": self._bins(time),
         }
 
     def state(self) -> dict[str, Any]:
@@ -281,7 +300,8 @@ class SurvivalTask(Task):
         return {**super().state(), "bin_edges": self._edges().tolist(), "t_max": self.t_max}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore classes, bin edges and the largest training time."""
+        """Restore classes, bin edges and the largest training time (None when not known)."""
         super().load_state(state)
-        self.edges = np.asarray(state["bin_edges"], dtype=float)
-        self.t_max = float(state["t_max"])
+        edges = state.get("bin_edges")
+        self.edges = None if edges is None else np.asarray(edges, dtype=float)
+        self.t_max = float(state.get("t_max") or 0.0)

@@ -16,7 +16,7 @@ from sksurv.datasets import load_gbsg2, load_veterans_lung_cancer
 from sksurv.exceptions import NoComparablePairException
 from sksurv.metrics import concordance_index_censored
 
-from hipt.finetune import metrics as M
+from hipt.tasks import metrics as M
 
 
 def test_harrell_c_equals_sksurv_on_veterans_lung_cancer():

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hipt.finetune import metrics as M
-from hipt.finetune.cohort import Problem, is_missing, rows_of
-from hipt.finetune.config import TargetConfig
+from hipt.cohort import Problem, is_missing, rows_of
 from hipt.registry import Registry
+from hipt.tasks import metrics as M
+from hipt.tasks.config import TargetConfig
 
 TASKS: Registry[type[Task]] = Registry("task")
 
@@ -38,6 +38,8 @@ class Task(ABC):
     def __init__(self, cfg: TargetConfig) -> None:
         self.cfg = cfg
         self.classes: list[str] = list(cfg.classes)
+        #: True once a fitted model's state is loaded: labels then map onto its classes.
+        self.fixed = False
 
     @property
     def column(self) -> str:
@@ -45,6 +47,14 @@ class Task(ABC):
         return self.cfg.column or str(self.default_column)
 
     # ----- cohort level -------------------------------------------------------------------
+    def has_labels(self, df: pd.DataFrame) -> bool:
+        """Whether the cohort table has this task's label column(s) at all."""
+        return bool(self.label_source(df))
+
+    def label_source(self, df: pd.DataFrame) -> list[str]:
+        """The table's columns the labels are read from (empty when it has none)."""
+        return [self.column] if self.column in df.columns else []
+
     def read_labels(self, df: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
         """Canonical label columns on ``df``'s index, and one problem per bad group of rows."""
         if self.column not in df.columns:
@@ -79,7 +89,7 @@ class Task(ABC):
 
     def encode(self, parsed: pd.Series, valid: pd.Index) -> pd.Series:
         """Class index per row (NaN where invalid); fixes :attr:`classes`."""
-        if not self.classes:
+        if not self.classes and not self.fixed:
             self.classes = sorted({str(v) for v in parsed[valid]})
         lookup = {c: i for i, c in enumerate(self.classes)}
         return parsed.map(lambda v: np.nan if pd.isna(v) else lookup.get(str(v), np.nan))
@@ -134,12 +144,41 @@ class Task(ABC):
         """Prediction columns (probabilities, risk...) for ``logits [N, C]``."""
 
     @abstractmethod
+    def score(self, outputs: dict[str, np.ndarray], target: Tensor) -> dict[str, float]:
+        """Every metric of the task on ``N`` patients, from their prediction columns."""
+
     def metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
-        """Every metric of the task on ``N`` patients."""
+        """Every metric of the task on ``N`` patients (``score`` of ``outputs(logits)``)."""
+        return self.score(self.outputs(logits), target)
 
     def val_metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
         """Metrics logged after every validation epoch (default: all of :meth:`metrics`)."""
         return self.metrics(logits, target)
+
+    def combine(self, members: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """The ensemble of several models' prediction columns for the same patients.
+
+        The rule: every numeric column (class probabilities, risk, hazards, survival per bin)
+        is the mean over the members; the predicted class is then decided from the means
+        exactly as one model decides from its own (:meth:`decide`).
+        """
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        keys = [k for k, v in members[0].items() if np.asarray(v).dtype.kind in "fiu"]
+        mean = {k: np.mean([np.asarray(m[k], float) for m in members], axis=0) for k in keys}
+        return {**mean, **self.decide(mean)}
+
+    def decide(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Columns derived from the numeric ones (the predicted class), if the task has any."""
+        return {}
+
+    def headline(self, outputs: dict[str, np.ndarray]) -> tuple[str, float]:
+        """One bag's prediction in words and the score pages sort by (first row of outputs).
+
+        Classification: the predicted class and its probability.
+        """
+        pred = str(outputs["pred"][0])
+        return pred, float(outputs[f"prob_{pred}"][0])
 
     def truth(self, patients: pd.DataFrame) -> dict[str, Any]:
         """True-label columns of the predictions table."""
@@ -155,8 +194,13 @@ class Task(ABC):
         return {"task": self.name, "classes": list(self.classes), "n_outputs": self.n_outputs}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state` recorded (the inverse, used by :func:`task_from_state`)."""
+        """Restore what :meth:`state` recorded (the inverse, used by :func:`task_from_state`).
+
+        Labels read afterwards are encoded on these classes (a label the model does not know
+        is invalid), not on the ones a new cohort happens to contain.
+        """
         self.classes = [str(c) for c in state["classes"]]
+        self.fixed = True
 
 
 @TASKS.register("subtype")
@@ -184,12 +228,19 @@ class SubtypeTask(Task):
         """``prob_<class>`` columns and the arg-max ``pred``."""
         probs = torch.softmax(logits.double(), dim=1).numpy()
         out: dict[str, Any] = {f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}
-        out["pred"] = np.array([self.classes[i] for i in probs.argmax(1)])
-        return out
+        return {**out, **self.decide(out)}
 
-    def metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
+    def probs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """``[N, C]`` class probabilities from the ``prob_<class>`` columns."""
+        return np.stack([np.asarray(outputs[f"prob_{c}"], float) for c in self.classes], 1)
+
+    def decide(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The arg-max class ``pred``."""
+        return {"pred": np.array([self.classes[i] for i in self.probs(outputs).argmax(1)])}
+
+    def score(self, outputs: dict[str, np.ndarray], target: Tensor) -> dict[str, float]:
         """AUROC (macro OvR), balanced accuracy, macro F1, accuracy."""
-        probs = torch.softmax(logits.double(), dim=1).numpy()
+        probs = self.probs(outputs)
         y, pred, c = target.numpy().astype(int), probs.argmax(1), len(self.classes)
         return {
             "auroc": M.auroc_macro_ovr(probs, y),
@@ -255,12 +306,21 @@ class ResponseTask(Task):
 
     def outputs(self, logits: Tensor) -> dict[str, np.ndarray]:
         """``prob_responder`` and the thresholded ``pred``."""
-        p = torch.sigmoid(logits[:, 0].double()).numpy()
-        return {"prob_responder": p, "pred": np.where(p >= 0.5, "responder", "non-responder")}
+        out = {"prob_responder": torch.sigmoid(logits[:, 0].double()).numpy()}
+        return {**out, **self.decide(out)}
 
-    def metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
+    def headline(self, outputs: dict[str, np.ndarray]) -> tuple[str, float]:
+        """The predicted response and the probability of responding."""
+        return str(outputs["pred"][0]), float(outputs["prob_responder"][0])
+
+    def decide(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``responder`` from probability 0.5 on."""
+        p = np.asarray(outputs["prob_responder"], float)
+        return {"pred": np.where(p >= 0.5, "responder", "non-responder")}
+
+    def score(self, outputs: dict[str, np.ndarray], target: Tensor) -> dict[str, float]:
         """AUROC, AUPRC, balanced accuracy at 0.5."""
-        p = torch.sigmoid(logits[:, 0].double()).numpy()
+        p = np.asarray(outputs["prob_responder"], float)
         y = target.numpy().astype(int)
         return {
             "auroc": M.auroc_binary(p, y),
@@ -271,8 +331,8 @@ class ResponseTask(Task):
 
 def build_task(name: str, cfg: TargetConfig) -> Task:
     """Instantiate a registered task (``subtype``, ``stage``, ``survival``, ``response``)."""
-    import hipt.finetune.ordinal  # noqa: F401 - registers "stage"
-    import hipt.finetune.survival  # noqa: F401 - registers "survival"
+    import hipt.tasks.ordinal  # noqa: F401 - registers "stage"
+    import hipt.tasks.survival  # noqa: F401 - registers "survival"
 
     return TASKS.get(name)(cfg)
 

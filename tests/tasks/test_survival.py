@@ -12,8 +12,8 @@ from pycox.models.loss import nll_logistic_hazard
 from sksurv.datasets import load_veterans_lung_cancer
 
 from hipt.errors import HiptError
-from hipt.finetune.km import kaplan_meier, logrank_test
-from hipt.finetune.survival import (
+from hipt.tasks.km import kaplan_meier, logrank_test
+from hipt.tasks.survival import (
     discretize,
     ensure_scipy_simps,
     eval_surv_metrics,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hipt.finetune import metrics as M
-from hipt.finetune.tasks import TASKS, Task
+from hipt.tasks import metrics as M
+from hipt.tasks.base import TASKS, Task
 
 ROMAN = {"0": 0, "I": 1, "II": 2, "III": 3, "IV": 4}
 _STAGE = re.compile(r"^(?:stage\s*)?([0IV]+|\d+)[A-C]?\d?$", re.IGNORECASE)
@@ -102,7 +102,10 @@ class StageTask(Task):
         return "I-IV (optionally 'Stage IIA' style) or non-negative integers"
 
     def encode(self, parsed: pd.Series, valid: pd.Index) -> pd.Series:
-        """Rank of each stage among the stages present."""
+        """Rank of each stage among the stages present (or among a fitted model's stages)."""
+        if self.fixed:
+            lookup = {parse_stage(c): i for i, c in enumerate(self.classes)}
+            return parsed.map(lambda v: np.nan if pd.isna(v) else lookup.get(int(v), np.nan))
         values = sorted({int(v) for v in parsed[valid]})
         inv = {v: k for k, v in ROMAN.items()}
         self.classes = [inv[v] if self._roman and v in inv else str(v) for v in values]
@@ -119,17 +122,32 @@ class StageTask(Task):
         return corn_loss(logits, target)
 
     def outputs(self, logits: Tensor) -> dict[str, np.ndarray]:
-        """``prob_<stage>`` columns and the predicted ``pred`` stage."""
+        """``prob_<stage>`` columns and the predicted ``pred`` stage (CORN rank of the logits)."""
         probs = corn_class_probs(logits.double()).numpy()
         rank = corn_rank(logits.double()).numpy()
         out: dict[str, Any] = {f"prob_{c}": probs[:, i] for i, c in enumerate(self.classes)}
         out["pred"] = np.array([self.classes[i] for i in rank])
         return out
 
-    def metrics(self, logits: Tensor, target: Tensor) -> dict[str, float]:
+    def probs(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        """``[N, K]`` class probabilities from the ``prob_<stage>`` columns."""
+        return np.stack([np.asarray(outputs[f"prob_{c}"], float) for c in self.classes], 1)
+
+    def decide(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The CORN rank of class probabilities.
+
+        How many ``P(y > k) = sum_{j>k} p_j`` exceed one half: the rule one model applies to
+        its own cumulative probabilities.
+        """
+        tail = 1.0 - np.cumsum(self.probs(outputs), axis=1)[:, :-1]  # P(y > k), k = 0..K-2
+        rank = (tail > 0.5).sum(axis=1)
+        return {"pred": np.array([self.classes[i] for i in rank])}
+
+    def score(self, outputs: dict[str, np.ndarray], target: Tensor) -> dict[str, float]:
         """Quadratic-weighted kappa, MAE in classes, macro OvR AUROC, accuracy."""
-        probs = corn_class_probs(logits.double()).numpy()
-        rank = corn_rank(logits.double()).numpy()
+        probs = self.probs(outputs)
+        index = {c: i for i, c in enumerate(self.classes)}
+        rank = np.array([index[str(c)] for c in outputs["pred"]], dtype=int)
         y, k = target.numpy().astype(int), len(self.classes)
         return {
             "qwk": M.quadratic_kappa(rank, y, k),

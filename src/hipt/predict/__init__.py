@@ -1,0 +1,1 @@
+"""The predict stage: trained slide models applied to a new cohort (external validation)."""
