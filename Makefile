@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
 .PHONY: help setup setup-gpu setup-browser test test-all test-gpu lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune predict heatmap demo \
-	bench bench-tile bench-models bench-extract
+	bench bench-tile bench-roi bench-models bench-extract
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -58,7 +58,7 @@ format: setup ## ruff autoformat
 	$(VENV)/bin/ruff format src pipelines tests benchmarks
 	$(VENV)/bin/ruff check --fix src pipelines tests benchmarks
 
-tile: setup ## tile slides into 4096-px regions: make tile SLIDES=<folder|manifest.csv> OUT=<folder>
+tile: setup ## tile slides into 4096-px regions: make tile SLIDES=<folder|manifest.csv> OUT=<folder> [ANNOTATIONS=<folder of QuPath .geojson>]
 	$(PY) -m pipelines.tile $(ARGS)
 
 pretrain-256: setup ## DINO ViT-256 on 256-px tissue patches: make pretrain-256 TILES=<tile out> OUT=<folder>
@@ -82,10 +82,13 @@ heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zar
 demo: setup ## every stage on a generated cohort of real tissue (~4 min on 2 CPU cores); report in data/demo/report.md
 	$(PY) -m pipelines.demo $(ARGS)
 
-bench: bench-tile bench-models bench-extract ## every benchmark, each against its baseline in the same process
+bench: bench-tile bench-roi bench-models bench-extract ## every benchmark, each against its baseline in the same process
 
 bench-tile: setup ## regions/s of our reader vs a CLAM-style OpenSlide loop; peak RSS vs slide size
 	$(PY) benchmarks/bench_tile.py $(ARGS)
+
+bench-roi: setup ## tiling time with QuPath annotations (tumor, pen, artefacts) vs without: make bench-roi [verify_read=1]
+	$(PY) benchmarks/bench_roi.py $(ARGS)
 
 bench-models: setup ## ViT-256 images/s vs an explicit-attention ViT-S/16; fraction of matmul peak
 	$(PY) benchmarks/bench_models.py $(ARGS)

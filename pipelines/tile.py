@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from hipt.cli import main_guard, run_stage
 from hipt.tile.config import TileConfig
 
-SHORTCUTS = {"SLIDES": "slides", "OUT": "out"}
+SHORTCUTS = {"SLIDES": "slides", "OUT": "out", "ANNOTATIONS": "annotations"}
 
 
 def run(cfg: TileConfig) -> int:

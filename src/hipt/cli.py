@@ -1,9 +1,10 @@
 """Shared entry-point plumbing for ``python -m pipelines.<stage> key=value ...``.
 
-One vocabulary on every command line: ``SLIDES=``/``SLIDE=`` (slide files), ``TILES=`` (a tile
-output), ``FEATURES=`` (stores), ``COHORT=`` (cohort CSV), ``OUT=``, ``CHECKPOINT256=`` /
-``CHECKPOINT4K=`` (encoder weights), ``MODEL=`` (a trained model file or folder) and ``ARCH=``
-(a registry name). Old spellings keep working for one release with a one-line warning.
+One vocabulary on every command line: ``SLIDES=``/``SLIDE=`` (slide files), ``ANNOTATIONS=``
+(QuPath GeoJSON folder), ``TILES=`` (a tile output), ``FEATURES=`` (stores), ``COHORT=`` (cohort
+CSV), ``OUT=``, ``CHECKPOINT256=`` / ``CHECKPOINT4K=`` (encoder weights), ``MODEL=`` (a trained
+model file or folder) and ``ARCH=`` (a registry name). Old spellings keep working for one
+release with a one-line warning.
 """
 
 from __future__ import annotations

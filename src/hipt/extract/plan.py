@@ -72,7 +72,7 @@ def expected_meta(
         random_weights=enc.random_weights,
         feature_dim_256=enc.feature_dim_256,
         feature_dim_4k=enc.feature_dim_4k,
-        tiling_config_hash=tiling_hash,
+        tiling_config_hash=job.tiling_key(tiling_hash),
         dtype=enc.dtype,
         skip_background=enc.skip_background,
         config_hash=enc.config_hash(),

@@ -51,7 +51,8 @@ class FeatureStoreMeta:
         read_size: square side read at ``read_level`` (resized to ``region_px``).
         read_downsample: level-0 pixels per ``read_level`` pixel.
         backend: reader backend that tiled the slide.
-        tiling_config_hash: hash of the tiling settings that chose the regions.
+        tiling_config_hash: what chose the regions: the tiling settings hash, combined with
+            the sha256 of the slide's annotation file when it had one.
         dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
         skip_background: True when empty patches got the blank-patch feature.
         config_hash: hash of the extraction settings that change the features.

@@ -7,23 +7,19 @@ tissue patches the models saw). Coordinates are level-0 pixels, as QuPath expect
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from shapely.geometry import box, mapping
+from shapely.geometry import box
 from shapely.ops import unary_union
 
-from hipt.io import atomic_write_text
 from hipt.slides.geometry import SlideGeometry
+from hipt.slides.qupath import feature, write_collection
 
 FILE = "attention.geojson"
 #: Maps whose values become measurements (those a run draws); percentiles 0-100.
 MEASURED = ("slide_attention", "vit4k_mean", "vit256_mean", "factorized_mean")
-#: QuPath classification colours (packed RGB lists, as QuPath writes them).
-COLORS = {"Tissue": [0, 170, 0], "Region": [20, 60, 255], "Patch": [255, 190, 0]}
 
 
 def patch_means(maps: dict[str, np.ndarray], grid: int) -> dict[str, np.ndarray]:
@@ -39,20 +35,6 @@ def patch_means(maps: dict[str, np.ndarray], grid: int) -> dict[str, np.ndarray]
             count = valid.sum(axis=1)
             out[name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return out
-
-
-def _feature(geometry: Any, kind: str, name: str, cls: str, values: dict[str, float]) -> dict:
-    measurements = {k: round(float(v), 4) for k, v in values.items() if math.isfinite(float(v))}
-    return {
-        "type": "Feature",
-        "geometry": mapping(geometry),
-        "properties": {
-            "objectType": kind,
-            "name": name,
-            "classification": {"name": cls, "color": COLORS[cls]},
-            "measurements": measurements,
-        },
-    }
 
 
 class AttentionObjects:
@@ -81,7 +63,7 @@ class AttentionObjects:
         x, y = xy
         side = g.region_side_l0
         self.regions.append(
-            _feature(
+            feature(
                 box(x, y, x + side, y + side),
                 "annotation",
                 f"region {index}",
@@ -97,7 +79,7 @@ class AttentionObjects:
             self._boxes.append(square)
             values = {k: v[p] for k, v in patch_values.items()}
             self.patches.append(
-                _feature(
+                feature(
                     square,
                     "detection",
                     f"region {index} patch {p}",
@@ -111,11 +93,5 @@ class AttentionObjects:
         features = []
         if self._boxes:
             outline = unary_union(self._boxes)
-            features.append(_feature(outline, "annotation", "tissue", "Tissue", {}))
-        collection = {
-            "type": "FeatureCollection",
-            "features": [*features, *self.regions, *self.patches],
-        }
-        path = folder / FILE
-        atomic_write_text(path, json.dumps(collection))
-        return path
+            features.append(feature(outline, "annotation", "tissue", "Tissue"))
+        return write_collection(folder / FILE, [*features, *self.regions, *self.patches])

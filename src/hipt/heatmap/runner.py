@@ -38,6 +38,7 @@ from hipt.heatmap.topk import patch_crop, record, region_crop, top_patches, top_
 from hipt.io import remove_path, tmp_path_for
 from hipt.provenance import sha256_file
 from hipt.slides import SlideReader
+from hipt.slides.dicom import slide_stat
 from hipt.slides.geometry import open_slide_at
 from hipt.slides.pixels import read_region_hwc
 from hipt.slides.regions import GRID
@@ -71,13 +72,11 @@ class Inputs:
 
 def fingerprint(cfg: HeatmapConfig) -> dict[str, Any]:
     """What identifies a run's result: settings and the identity of every input file."""
-    slide = Path(str(cfg.slide))
     store = open_store(str(cfg.features))
+    stat = _slide_stat(Path(str(cfg.slide)))
     ident: dict[str, Any] = {
         "config_hash": heatmap_hash(cfg),
-        "slide": {"size": slide.stat().st_size, "mtime_ns": slide.stat().st_mtime_ns}
-        if slide.is_file()
-        else None,
+        "slide": {"size": stat[0], "mtime_ns": stat[1]} if stat else None,
         "features": {"created_at": store.meta.created_at, "config_hash": store.meta.config_hash},
     }
     if cfg.model:
@@ -85,6 +84,14 @@ def fingerprint(cfg: HeatmapConfig) -> dict[str, Any]:
         ident["model"] = sha256_file(model) if model.is_file() else str(model)
     blob = json.dumps(ident, sort_keys=True, default=str)
     return {**ident, "fingerprint": hashlib.sha256(blob.encode()).hexdigest()}
+
+
+def _slide_stat(slide: Path) -> tuple[int, int] | None:
+    """``(bytes, mtime)`` of a slide file or DICOM series; None when it cannot be read."""
+    try:
+        return slide_stat(slide)
+    except OSError:
+        return None
 
 
 #: Models built once per process run (a cohort's slides share their encoders and slide model).
@@ -109,8 +116,8 @@ def open_inputs(cfg: HeatmapConfig, cache: ModelCache | None = None) -> Inputs:
     meta = store.meta
     if store.n_regions == 0:
         raise HiptError(f"{cfg.features}: the store holds no regions (no tissue); nothing to draw")
-    slide_file = Path(str(cfg.slide))
-    size = slide_file.stat().st_size if slide_file.is_file() else -1
+    stat = _slide_stat(Path(str(cfg.slide)))
+    size = stat[0] if stat else -1
     if size >= 0 and meta.source_size_bytes not in (size, -1):
         raise StaleOutputError(
             f"{cfg.slide} ({size} bytes) is not the slide {meta.slide_id} the store was made from "

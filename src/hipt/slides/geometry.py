@@ -37,7 +37,7 @@ class SlideGeometry:
         width: level-0 width in pixels.
         height: level-0 height in pixels.
         mpp: level-0 µm/px used.
-        mpp_source: where ``mpp`` came from: the file (``aperio``, ``tiff-resolution``,
+        mpp_source: where ``mpp`` came from: the file (``aperio``, ``tiff-resolution``, ``dicom``,
             ``openslide``), ``override`` (``mpp_override=``) or ``manifest`` (``mpp`` column).
         read_level: pyramid level the regions are read at.
         read_size: square side read at ``read_level`` (level pixels), resized to ``region_px``.

@@ -1,4 +1,4 @@
-"""OpenSlide backend: the fallback for formats cuCIM cannot open (.ndpi .mrxs .scn .bif ...)."""
+"""OpenSlide backend: the fallback for formats cuCIM cannot open (.ndpi .mrxs .scn .bif, DICOM)."""
 
 from __future__ import annotations
 
@@ -72,13 +72,18 @@ class OpenSlideReader(BaseReader):
         return dict(self._open_slide().properties)
 
     def backend_mpp(self) -> tuple[float, str] | None:
-        """``openslide.mpp-x`` when OpenSlide knows it."""
-        value = self._open_slide().properties.get("openslide.mpp-x")
+        """``openslide.mpp-x`` when OpenSlide knows it; from a DICOM file the source is ``dicom``.
+
+        For DICOM, OpenSlide takes it from the Pixel Spacing of the level-0 instance.
+        """
+        props = self._open_slide().properties
+        value = props.get("openslide.mpp-x")
         try:
             mpp = float(value) if value is not None else 0.0
         except ValueError:
             return None
-        return (mpp, "openslide") if mpp > 0 else None
+        source = "dicom" if props.get("openslide.vendor") == "dicom" else "openslide"
+        return (mpp, source) if mpp > 0 else None
 
     def _read(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
         slide = self._slide

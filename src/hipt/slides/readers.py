@@ -16,6 +16,7 @@ import numpy as np
 
 from hipt.errors import ConfigError, SlideError
 from hipt.registry import Registry
+from hipt.slides.dicom import DICOM_SUFFIX, instance_files, series_folder
 from hipt.slides.tiff_probe import TIFF_SUFFIXES, TiffProbe, probe_tiff
 
 if TYPE_CHECKING:  # torch loads lazily: tiling and tissue masks do not need it
@@ -30,6 +31,7 @@ READERS: Registry[Callable[[Path, TiffProbe | None], BaseReader]] = Registry("re
 SUFFIX_BACKENDS: dict[str, tuple[str, ...]] = {
     **{s: ("cucim", "openslide") for s in sorted(TIFF_SUFFIXES)},
     **{s: ("openslide",) for s in (".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")},
+    DICOM_SUFFIX: ("openslide",),  # a series folder, or any of its instance files
 }
 # Level pixels per side of the blocks a thumbnail is assembled from (bounds its memory).
 _THUMB_BLOCK = 4096
@@ -331,10 +333,11 @@ def open_slide(
     """Open a whole-slide image.
 
     ``auto`` tries cuCIM first for .svs/.tif/.tiff and falls back to OpenSlide when cuCIM is not
-    installed or cannot open the file; other formats (.ndpi .mrxs .scn .bif ...) go to OpenSlide.
+    installed or cannot open the file; other formats (.ndpi .mrxs .scn .bif ...) and DICOM go to
+    OpenSlide.
 
     Args:
-        path: the slide file.
+        path: the slide file, or for DICOM the series folder (or any ``.dcm`` file of it).
         backend: ``"auto"``, ``"cucim"`` or ``"openslide"``.
         mpp_override: level-0 µm/px to use instead of the file's metadata.
 
@@ -353,19 +356,20 @@ def open_slide(
         raise ConfigError(f"unknown slide backend '{backend}'; choose one of {choices}")
     if mpp_override is not None and not (math.isfinite(mpp_override) and mpp_override > 0):
         raise ConfigError(f"mpp_override must be a positive number of µm/px, got {mpp_override}")
-    _check_file(path)
-    suffix = path.suffix.lower()
-    probe = probe_tiff(path) if suffix in TIFF_SUFFIXES else None
+    target = _check_file(path)
+    suffix = target.suffix.lower()
+    probe = probe_tiff(target) if suffix in TIFF_SUFFIXES else None
     order = SUFFIX_BACKENDS[suffix] if backend == "auto" else (backend,)
     failures: list[str] = []
     for name in order:
         try:
-            reader = READERS.get(name)(path, probe)
+            reader = READERS.get(name)(target, probe)
         except SlideError as err:
             failures.append(f"{name}: {err}")
             continue
         if failures:
             log.info("%s: opened with %s after %s", path, name, "; ".join(failures))
+        reader.path = path  # a DICOM slide is named by its series folder, not the file opened
         return _with_mpp(reader, mpp_override)
     hint = "install cuCIM/OpenSlide or convert the file to a pyramidal TIFF"
     raise SlideError(f"{path}: cannot be opened ({'; '.join(failures)}); {hint}")
@@ -392,9 +396,15 @@ def _with_mpp(reader: BaseReader, override: float | None) -> BaseReader:
     return reader
 
 
-def _check_file(path: Path) -> None:
+def _check_file(path: Path) -> Path:
+    """The file to open for ``path`` (a DICOM series folder gives its first instance)."""
     if not path.exists():
         raise SlideError(f"{path}: no such file; check the path")
+    if path.is_dir():
+        if series_folder(path) is None:
+            raise SlideError(f"{path}: a folder without .dcm files; give the slide file itself "
+                             "or a DICOM series folder")  # fmt: skip
+        return instance_files(path)[0]
     if not path.is_file():
         raise SlideError(f"{path}: not a regular file; give the slide file itself")
     if path.stat().st_size == 0:
@@ -403,6 +413,7 @@ def _check_file(path: Path) -> None:
         known = " ".join(sorted(SUFFIX_BACKENDS))
         raise SlideError(f"{path}: unsupported slide type '{path.suffix}' (supported: {known}); "
                          "convert it to a pyramidal TIFF")  # fmt: skip
+    return path
 
 
 def _load_backends() -> None:

@@ -37,7 +37,8 @@ REGION_SCHEMA = pa.schema(
         ("patch_px", pa.int32()),
         ("target_mpp", pa.float64()),
         ("slide_mpp", pa.float64()),  # level-0 µm/px actually used (after any override)
-        ("mpp_source", pa.string()),  # aperio | tiff-resolution | openslide | override | manifest
+        # aperio | tiff-resolution | dicom | openslide | override | manifest
+        ("mpp_source", pa.string()),
         ("slide_width", pa.int64()),  # level-0 size of the slide
         ("slide_height", pa.int64()),
         ("backend", pa.string()),  # reader that tiled it
@@ -45,6 +46,7 @@ REGION_SCHEMA = pa.schema(
         ("n_tissue_patches", pa.int32()),
         ("patch_mask", pa.list_(pa.bool_())),  # grid*grid bools, row-major (index r*grid + c)
         ("slide_path", pa.string()),
+        ("roi_sha256", pa.string()),  # sha256 of the annotation file that bounded it, or null
     ]
 )
 
@@ -136,7 +138,9 @@ GEOMETRY_COLUMNS = {"path": "slide_path", "mpp": "slide_mpp", "width": "slide_wi
                     "height": "slide_height"}  # fmt: skip
 
 
-def regions_table(geometry: SlideGeometry, selection: RegionSelection) -> pa.Table:
+def regions_table(
+    geometry: SlideGeometry, selection: RegionSelection, roi_sha256: str | None = None
+) -> pa.Table:
     """One slide's kept regions as a table with :data:`REGION_SCHEMA`."""
     n = len(selection.origins)
     masks = selection.patch_masks.reshape(n, -1) if n else np.zeros((0, 0), bool)
@@ -150,6 +154,7 @@ def regions_table(geometry: SlideGeometry, selection: RegionSelection) -> pa.Tab
         "tissue_fraction": [float(f) for f in selection.tissue_fraction],
         "n_tissue_patches": [int(m.sum()) for m in masks],
         "patch_mask": [flatten_mask(m) for m in masks],
+        "roi_sha256": [roi_sha256] * n,
     }
     return pa.Table.from_pydict(data, schema=REGION_SCHEMA)
 

@@ -7,12 +7,14 @@ Every stage that reads tiled slides (extraction, pretrain-256, the pipeline runn
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from hipt.errors import HiptError
+from hipt.slides.dicom import slide_stat
 from hipt.slides.geometry import SlideGeometry
 from hipt.slides.regions import GRID, geometry_of, patch_masks, read_metadata, read_regions
 
@@ -29,11 +31,23 @@ class SlideTiles:
         geometry: how the slide is read (MPP and source, read level and size, region/patch px).
         coords: ``[M, 2]`` int64 level-0 top-left (x, y) of each region.
         patch_mask: ``[M, grid*grid]`` bool tissue mask per patch, row-major.
+        roi_sha256: sha256 of the annotation file that bounded the regions, else ``None``.
     """
 
     geometry: SlideGeometry
     coords: np.ndarray
     patch_mask: np.ndarray
+    roi_sha256: str | None = None
+
+    def tiling_key(self, tiling_hash: str) -> str:
+        """What chose this slide's regions: the tiling settings and its annotation file.
+
+        Equal to ``tiling_hash`` for a slide without annotations, so stores made before
+        annotations existed stay valid; editing a slide's annotations changes its key.
+        """
+        if self.roi_sha256 is None:
+            return tiling_hash
+        return hashlib.sha256(f"{tiling_hash}:{self.roi_sha256}".encode()).hexdigest()
 
     @property
     def slide_id(self) -> str:
@@ -51,9 +65,9 @@ class SlideTiles:
         return int(self.coords.shape[0])
 
     def source_size(self) -> int:
-        """Size in bytes of the slide file now (-1 when it is missing)."""
+        """Size in bytes of the slide now, all files of a DICOM series (-1 when it is missing)."""
         try:
-            return Path(self.path).stat().st_size
+            return slide_stat(Path(self.path))[0]
         except OSError:
             return -1
 
@@ -115,11 +129,13 @@ def load_tiles(tiles: str | Path, grid: int | None = GRID) -> TileSet:
                 f"needs {grid}x{grid} grids (region_px = {grid} * patch_px)"
             )
         n = len(rows)
+        roi = rows["roi_sha256"].iloc[0] if "roi_sha256" in rows.columns else None
         slides.append(
             SlideTiles(
                 geometry=geometry,
                 coords=rows[["x", "y"]].to_numpy(np.int64),
                 patch_mask=patch_masks(rows).reshape(n, geometry.grid**2),
+                roi_sha256=str(roi) if isinstance(roi, str) else None,
             )
         )
     return TileSet(slides, tiling_hash, path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -231,20 +232,30 @@ def select_regions(
     patch_px: int = 256,
     min_tissue: float = 0.01,
     min_patch_tissue: float = 0.25,
+    keep: Any = None,
+    cov: Any = None,
 ) -> RegionSelection:
     """Grid the slide, measure tissue, keep regions with enough of it.
 
     A region is kept when its tissue fraction (mean of its patch fractions, the outside of
     the slide counting as background) is at least ``min_tissue`` and at least one patch
     reaches ``min_patch_tissue``: a region without a single tissue patch is never kept, so
-    raising either threshold can only drop regions.
+    raising either threshold can only drop regions. With a region of interest ``keep``
+    (level-0 shapely geometry), only tissue inside it counts, measured exactly
+    (:func:`hipt.slides.roi.roi_patch_fractions`; ``cov``: its pixel coverage, if computed).
 
     Returns:
         The kept regions with their 16 x 16 (``region_px // patch_px``) patch masks.
     """
     grid = region_px // patch_px
     origins = region_grid(slide_w, slide_h, mpp, target_mpp, region_px)
-    fractions = patch_fractions(mask, origins, region_size_l0(mpp, target_mpp, region_px), grid)
+    side = region_size_l0(mpp, target_mpp, region_px)
+    if keep is None:
+        fractions = patch_fractions(mask, origins, side, grid)
+    else:
+        from hipt.slides.roi import roi_patch_fractions  # shapely only when a ROI is used
+
+        fractions = roi_patch_fractions(mask, keep, origins, side, grid, cov)
     region_frac = fractions.mean(axis=(1, 2)) if len(origins) else np.zeros(0)
     # The epsilon makes a threshold of exactly 1.0 accept pure tissue despite float sums.
     masks = fractions >= min_patch_tissue - _EPS

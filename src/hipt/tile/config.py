@@ -6,6 +6,7 @@ import dataclasses
 
 from hipt.config import WandbConfig, config_hash, non_result
 from hipt.errors import ConfigError
+from hipt.slides.annotations import RoiConfig, validate_roi_config
 from hipt.slides.tissue import TissueConfig, validate_tissue_config
 
 
@@ -14,8 +15,11 @@ class TileConfig:
     """Settings of ``make tile``; see ``conf/tile.yaml`` for the documented defaults.
 
     Attributes:
-        slides: a folder of slides or a CSV with ``slide_id,path`` (optional ``mpp``) columns.
+        slides: a folder of slides (files, DICOM series folders) or a CSV with
+            ``slide_id,path`` (optional ``mpp``, ``annotations``) columns.
         out: output folder.
+        annotations: folder of ``<slide_id>.geojson`` QuPath annotation files (a manifest's
+            ``annotations`` column, when filled, names a slide's file instead).
         target_mpp: microns per pixel of the regions (0.5 ~ 20x).
         region_px: region side in target pixels.
         patch_px: patch side in target pixels; ``region_px`` must be a multiple of it.
@@ -31,15 +35,18 @@ class TileConfig:
             fails the slide here instead of in the middle of feature extraction.
         overwrite: redo slides that are already done with the same settings.
         tissue: tissue segmentation parameters.
+        roi: which annotation classes bound (``include``) or remove (``exclude``) tissue.
         wandb: Weights & Biases settings.
     """
 
     # Fields declared non_result never change which regions a slide gets; everything else goes
     # into the tiling hash, so a key added later is conservatively treated as result-changing.
     # ``slides`` is non-result because each slide's own identity (size, mtime) is stored with
-    # its output; ``backend`` because every backend must return the same pixels.
+    # its output; ``backend`` because every backend must return the same pixels; ``annotations``
+    # because each slide's annotation file (its sha256) is stored with its output.
     slides: str = non_result("???")
     out: str = non_result("data/tiles")
+    annotations: str | None = non_result(None)
     target_mpp: float = 0.5
     region_px: int = 4096
     patch_px: int = 256
@@ -53,6 +60,7 @@ class TileConfig:
     verify_read: bool = True
     overwrite: bool = non_result(False)
     tissue: TissueConfig = dataclasses.field(default_factory=TissueConfig)
+    roi: RoiConfig = dataclasses.field(default_factory=RoiConfig)
     wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
@@ -79,6 +87,7 @@ def validate(cfg: TileConfig) -> None:
     if cfg.thumbnail_px < 64:
         raise ConfigError(f"thumbnail_px must be >= 64, got {cfg.thumbnail_px}")
     validate_tissue_config(cfg.tissue)
+    validate_roi_config(cfg.roi)
 
 
 def tiling_hash(cfg: TileConfig) -> str:

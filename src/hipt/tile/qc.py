@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import shapely
 from PIL import Image, ImageDraw
 from scipy import ndimage as ndi
 
@@ -18,6 +20,19 @@ OUTLINE_RGB = (0, 170, 0)
 REGION_RGBA = (20, 60, 255, 255)
 PATCH_RGBA = (255, 190, 0, 70)
 OUTSIDE_RGBA = (200, 200, 200, 255)
+INCLUDE_RGBA = (170, 0, 200, 255)  # region-of-interest polygons
+EXCLUDE_RGBA = (230, 0, 0, 255)  # excluded polygons (pen, artefacts)
+
+
+def _rings(geometry: Any) -> list[np.ndarray]:
+    """Exterior and interior rings of the polygons of ``geometry``, as ``[n, 2]`` arrays."""
+    rings = []
+    for poly in shapely.get_parts(geometry):
+        if poly.geom_type != "Polygon" or poly.is_empty:
+            continue
+        rings.append(np.asarray(poly.exterior.coords))
+        rings.extend(np.asarray(r.coords) for r in poly.interiors)
+    return rings
 
 
 def render_qc(
@@ -27,6 +42,7 @@ def render_qc(
     region_l0: float,
     patch_masks: np.ndarray,
     max_px: int = QC_MAX_PX,
+    polygons: Sequence[tuple[Any, tuple[int, int, int, int]]] = (),
 ) -> Image.Image:
     """Draw the QC picture.
 
@@ -37,10 +53,12 @@ def render_qc(
         region_l0: region side in level-0 pixels.
         patch_masks: ``[R, grid, grid]`` bool tissue patches of the kept regions.
         max_px: longest side of the result.
+        polygons: level-0 shapely geometries to outline, each with its RGBA colour
+            (annotations: :data:`INCLUDE_RGBA`, :data:`EXCLUDE_RGBA`).
 
     Returns:
         An RGB image: tissue outlined in green, kept regions in blue with their index, tissue
-        patches shaded in amber.
+        patches shaded in amber, annotation polygons outlined in their colours.
     """
     h, w = thumbnail.shape[:2]
     # The canvas also shows the part of border-crossing regions that lies outside the slide
@@ -75,6 +93,9 @@ def render_qc(
         box = [x * scale, y * scale, (x + region_l0) * scale, (y + region_l0) * scale]
         draw.rectangle(box, outline=REGION_RGBA, width=2)
         draw.text((box[0] + 4, box[1] + 3), str(i), fill=REGION_RGBA)
+    for geometry, rgba in polygons:
+        for ring in _rings(geometry):
+            draw.line([(float(x) * scale, float(y) * scale) for x, y in ring], fill=rgba, width=3)
     return Image.alpha_composite(canvas, overlay).convert("RGB")
 
 

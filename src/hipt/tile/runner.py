@@ -17,16 +17,23 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hipt.errors import ConfigError, SlideError, one_line
 from hipt.io import atomic_output, remove_path
+from hipt.provenance import sha256_file
+from hipt.slides.annotations import Roi, load_roi
+from hipt.slides.dicom import slide_stat
 from hipt.slides.geometry import SlideGeometry
 from hipt.slides.inputs import SlideEntry, discover_slides
+from hipt.slides.qupath import AnnotationError
 from hipt.slides.readers import SlideReader, open_slide
 from hipt.slides.regions import REGION_SCHEMA, read_metadata, regions_table, with_metadata
+from hipt.slides.roi import coverage, mask_geometry, restrict_mask
 from hipt.slides.tiles import REGIONS_FILE
 from hipt.slides.tiling import LevelChoice, RegionSelection, choose_level, select_regions
 from hipt.slides.tissue import TissueMask, segment_tissue
 from hipt.stage import StageRun
 from hipt.tile.config import TileConfig, tiling_hash, validate
-from hipt.tile.qc import render_qc, write_qc
+from hipt.tile.geojson import FOLDER as GEOJSON_FOLDER
+from hipt.tile.geojson import write_tiling_objects
+from hipt.tile.qc import EXCLUDE_RGBA, INCLUDE_RGBA, render_qc, write_qc
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class SlideOutcome:
     error: str | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     stale: bool = False
+    roi: dict[str, Any] | None = None
 
     def record(self) -> dict[str, Any]:
         """The ``summary.json`` entry."""
@@ -56,26 +64,49 @@ class SlideOutcome:
         if self.status == "ok":
             rec["seconds"] = round(self.seconds, 3)
             rec["warnings"] = self.warnings
+            if self.roi is not None:
+                rec["roi"] = self.roi
         return rec
 
 
-def slide_outputs(out: Path, slide_id: str) -> tuple[Path, Path]:
-    """``(per-slide parquet, qc png)`` paths of a slide."""
-    return out / "slides" / f"{slide_id}.parquet", out / "qc" / f"{slide_id}.png"
+def slide_outputs(out: Path, slide_id: str) -> tuple[Path, Path, Path]:
+    """``(per-slide parquet, qc png, QuPath geojson)`` paths of a slide."""
+    return (
+        out / "slides" / f"{slide_id}.parquet",
+        out / "qc" / f"{slide_id}.png",
+        out / GEOJSON_FOLDER / f"{slide_id}.geojson",
+    )
 
 
-def source_identity(entry: SlideEntry) -> dict[str, Any]:
-    """What identifies a slide's input: path, size, mtime and any manifest MPP."""
-    st = entry.path.stat()
+def annotation_file(entry: SlideEntry, cfg: TileConfig) -> Path | None:
+    """The slide's annotation file: its manifest cell, else ``<annotations>/<slide_id>.geojson``.
+
+    ``None`` when neither names one (a manifest cell naming a missing file is returned, and
+    fails the slide when read).
+    """
+    if entry.annotations is not None:
+        return entry.annotations
+    if cfg.annotations:
+        path = Path(cfg.annotations).expanduser() / f"{entry.slide_id}.geojson"
+        return path.resolve() if path.is_file() else None
+    return None
+
+
+def source_identity(entry: SlideEntry, notes: Path | None) -> dict[str, Any]:
+    """What identifies a slide's input: path, size, mtime, any manifest MPP, its annotations."""
+    size, mtime = slide_stat(entry.path)
     return {
         "path": str(entry.path),
-        "size_bytes": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        "size_bytes": size,
+        "mtime_ns": mtime,
         "manifest_mpp": entry.mpp,
+        "annotations": None
+        if notes is None
+        else {"path": str(notes), "sha256": sha256_file(notes) if notes.is_file() else None},
     }
 
 
-def done_state(parquet: Path, chash: str, entry: SlideEntry) -> tuple[str, dict[str, Any]]:
+def done_state(parquet: Path, chash: str, identity: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``("missing" | "done" | "stale", metadata)`` of a slide's earlier output."""
     if not parquet.is_file():
         return "missing", {}
@@ -83,7 +114,7 @@ def done_state(parquet: Path, chash: str, entry: SlideEntry) -> tuple[str, dict[
         meta = read_metadata(parquet)
     except (OSError, ValueError, pa.ArrowException):
         return "stale", {}
-    same = meta.get("config_hash") == chash and meta.get("source") == source_identity(entry)
+    same = meta.get("config_hash") == chash and meta.get("source") == identity
     return ("done" if same else "stale"), meta
 
 
@@ -118,48 +149,89 @@ class _Tiling:
     """Everything computed for one slide before its outputs are written."""
 
     thumb: np.ndarray
-    mask: TissueMask
+    mask: TissueMask  # the tissue used: limited to the region of interest, if any
+    tissue: Any  # the same as level-0 shapely geometry (exact, for QuPath)
     choice: LevelChoice
     sel: RegionSelection
     warnings: list[str]
 
 
-def _tile_reader(reader: SlideReader, cfg: TileConfig) -> _Tiling:
+def _tissue_in_roi(mask: TissueMask, roi: Roi | None) -> tuple[TissueMask, Any, Any, Any]:
+    """``(mask shown, tissue geometry, keep geometry, pixel coverage)`` of a slide's ROI."""
+    tissue = mask_geometry(mask)
+    if roi is None or roi.keep is None:
+        return mask, tissue, None, None
+    cov = coverage(roi.keep, mask.mask.shape, mask.downsample, where=mask.mask)
+    return restrict_mask(mask, cov), tissue.intersection(roi.keep), roi.keep, cov
+
+
+def _tile_reader(reader: SlideReader, cfg: TileConfig, roi: Roi | None) -> _Tiling:
     """Segment, grid and select the regions of an open slide; verify them if asked."""
     warnings: list[str] = []
     width, height = reader.level_dimensions[0]
     thumb, thumb_ds = reader.thumbnail(cfg.thumbnail_px)
-    mask = segment_tissue(thumb, thumb_ds, reader.mpp, cfg.tissue)
+    found = segment_tissue(thumb, thumb_ds, reader.mpp, cfg.tissue)
+    mask, tissue, keep, cov = _tissue_in_roi(found, roi)
     choice = choose_level(reader.level_downsamples, reader.mpp, cfg.target_mpp, cfg.mpp_tolerance)
     if choice.upsampled:
         warnings.append(
             f"level-0 mpp {reader.mpp:.4f} is coarser than target_mpp {cfg.target_mpp}; "
             f"regions are enlarged {1 / choice.scale:.3f}x from level 0"
         )
-    sel = select_regions(mask, width, height, reader.mpp, cfg.target_mpp, cfg.region_px,
-                         cfg.patch_px, cfg.min_tissue, cfg.min_patch_tissue)  # fmt: skip
+    sel = select_regions(found, width, height, reader.mpp, cfg.target_mpp, cfg.region_px,
+                         cfg.patch_px, cfg.min_tissue, cfg.min_patch_tissue, keep, cov)  # fmt: skip
     if not sel.origins:
+        where = "inside the annotated region of interest " if keep is not None else ""
         warnings.append(
-            f"no region reaches min_tissue={cfg.min_tissue} (tissue covers "
+            f"no region reaches min_tissue={cfg.min_tissue} (tissue {where}covers "
             f"{mask.fraction:.1%} of the thumbnail); check the QC picture"
         )
     if cfg.verify_read and sel.origins:
         read_size = choice.read_size(cfg.region_px)
         _verify_reads(reader, sel.origins, choice.level, read_size, cfg.num_workers)
-    return _Tiling(thumb, mask, choice, sel, warnings)
+    return _Tiling(thumb, mask, tissue, choice, sel, warnings)
 
 
-def tile_slide(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> SlideOutcome:
-    """Tile one slide and write its QC png, then its parquet; raises on any failure.
+def _roi_polygons(roi: Roi | None) -> list[tuple[Any, tuple[int, int, int, int]]]:
+    if roi is None:
+        return []
+    drawn = [(roi.include, INCLUDE_RGBA), (roi.exclude, EXCLUDE_RGBA)]
+    return [(g, rgba) for g, rgba in drawn if g is not None]
+
+
+def _load_roi(
+    entry: SlideEntry, notes: Path | None, cfg: TileConfig, size: tuple[int, int]
+) -> Roi | None:
+    """The slide's region of interest, or None when it has no annotation file (and may not)."""
+    if notes is None:
+        if cfg.roi.required:
+            raise AnnotationError(
+                f"{entry.path}: no annotation file (looked for {entry.slide_id}.geojson in "
+                f"{cfg.annotations or 'no annotations folder'}); add it or set roi.required=false"
+            )
+        return None
+    roi = load_roi(notes, cfg.roi, *size)
+    log.info("%s: %s", entry.slide_id, roi.describe())
+    return roi
+
+
+def tile_slide(
+    entry: SlideEntry, cfg: TileConfig, out: Path, chash: str, identity: dict[str, Any]
+) -> SlideOutcome:
+    """Tile one slide and write its QC png and QuPath objects, then its parquet.
 
     Raises:
         SlideError: the slide cannot be opened or read.
+        AnnotationError: its annotation file is missing (when required), malformed, or off
+            the slide.
     """
     t0 = time.perf_counter()
-    identity = source_identity(entry)
+    notes = annotation_file(entry, cfg)
     given = entry.mpp if entry.mpp is not None else cfg.mpp_override
     with open_slide(entry.path, backend=cfg.backend, mpp_override=given) as reader:
-        t = _tile_reader(reader, cfg)
+        log.info("%s: read with %s (%s)", entry.slide_id, reader.backend, _kind(entry.path))
+        roi = _load_roi(entry, notes, cfg, reader.level_dimensions[0])
+        t = _tile_reader(reader, cfg, roi)
         geometry = SlideGeometry(
             slide_id=entry.slide_id,
             path=str(entry.path),
@@ -175,8 +247,12 @@ def tile_slide(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> Sli
             region_px=cfg.region_px,
             patch_px=cfg.patch_px,
         )
-    table = regions_table(geometry, t.sel)
-    image = render_qc(t.thumb, t.mask, t.sel.origins, geometry.region_side_l0, t.sel.patch_masks)
+    table = regions_table(geometry, t.sel, roi.sha256 if roi is not None else None)
+    image = render_qc(t.thumb, t.mask, t.sel.origins, geometry.region_side_l0, t.sel.patch_masks,
+                      polygons=_roi_polygons(roi))  # fmt: skip
+    roi_info = None
+    if roi is not None:
+        roi_info = {"path": str(roi.path), "sha256": roi.sha256, **roi.counts}
     meta = {
         "stage": STAGE,
         "config_hash": chash,
@@ -187,27 +263,35 @@ def tile_slide(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> Sli
         "tissue_fraction": t.mask.fraction,
         "n_candidates": t.sel.n_candidates,
         "n_regions": len(t.sel.origins),
+        "roi": roi_info,
         "warnings": t.warnings,
     }
     for warning in t.warnings:
         log.warning("%s: %s", entry.path, warning)
-    parquet, png = slide_outputs(out, entry.slide_id)
+    parquet, png, objects = slide_outputs(out, entry.slide_id)
     write_qc(image, png)
+    write_tiling_objects(objects, t.tissue, geometry, t.sel)
     # The parquet is the slide's "done" marker, so it is written last.
     with atomic_output(parquet) as tmp:
         pq.write_table(with_metadata(table, meta), tmp)
     seconds = time.perf_counter() - t0
-    return SlideOutcome(entry, "ok", len(t.sel.origins), seconds, warnings=t.warnings)
+    return SlideOutcome(entry, "ok", len(t.sel.origins), seconds, warnings=t.warnings, roi=roi_info)
+
+
+def _kind(path: Path) -> str:
+    """What a slide is, for the log: ``DICOM series`` or its file type."""
+    return "DICOM series" if path.is_dir() or path.suffix.lower() == ".dcm" else path.suffix
 
 
 def process_entry(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> SlideOutcome:
     """Skip, redo or tile one slide; a failure is returned, never raised."""
-    parquet, png = slide_outputs(out, entry.slide_id)
+    outputs = slide_outputs(out, entry.slide_id)
     stale = False
     try:
         if entry.error is not None:
             raise SlideError(entry.error)
-        state, meta = done_state(parquet, chash, entry)
+        identity = source_identity(entry, annotation_file(entry, cfg))
+        state, meta = done_state(outputs[0], chash, identity)
         if state == "done" and not cfg.overwrite:
             log.info("%s: already done with these settings; skipped", entry.slide_id)
             return SlideOutcome(entry, "skipped", int(meta.get("n_regions", 0)))
@@ -215,7 +299,7 @@ def process_entry(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> 
             stale = True
             log.info("%s: earlier output is stale (other settings or source); redoing",
                      entry.slide_id)  # fmt: skip
-        outcome = tile_slide(entry, cfg, out, chash)
+        outcome = tile_slide(entry, cfg, out, chash, identity)
     except (ConfigError, ImportError, NameError):
         # A bad setting (e.g. an unknown backend) or broken code is not this slide's fault and
         # would fail every slide alike: stop the run instead of reporting N identical failures.
@@ -224,8 +308,8 @@ def process_entry(entry: SlideEntry, cfg: TileConfig, out: Path, chash: str) -> 
         msg = one_line(exc, entry.path)
         log.error("slide %s failed: %s", entry.slide_id, msg)
         log.debug("traceback for %s", entry.slide_id, exc_info=True)
-        remove_path(parquet)  # no partial or stale output for a failed slide
-        remove_path(png)
+        for path in outputs:  # no partial or stale output for a failed slide
+            remove_path(path)
         return SlideOutcome(entry, "failed", error=msg, stale=stale)
     outcome.stale = stale
     log.info("%s: %d region(s) in %.1fs", entry.slide_id, outcome.n_regions, outcome.seconds)
@@ -310,7 +394,15 @@ def run(cfg: TileConfig) -> int:
     out = Path(cfg.out)
     chash = tiling_hash(cfg)
     inputs: list[str | Path] = [cfg.slides, *(e.path for e in entries)]
-    with StageRun(STAGE, cfg, out, inputs=inputs, subfolders=("slides", "qc"), chash=chash) as run:
+    if cfg.roi.active and not cfg.annotations and not any(e.annotations for e in entries):
+        raise ConfigError(
+            "roi.include, roi.exclude or roi.required is set but no slide has annotations; pass "
+            "ANNOTATIONS=<folder of <slide_id>.geojson> or an annotations column in the manifest"
+        )
+    if cfg.annotations and not Path(cfg.annotations).expanduser().is_dir():
+        raise ConfigError(f"annotations={cfg.annotations} is not a folder of <slide_id>.geojson")
+    folders = ("slides", "qc", GEOJSON_FOLDER)
+    with StageRun(STAGE, cfg, out, inputs=inputs, subfolders=folders, chash=chash) as run:
         outcomes = []
         with logging_redirect_tqdm():
             for i, entry in enumerate(tqdm(entries, desc="tile", unit="slide", disable=None)):
