@@ -51,6 +51,30 @@ def tiled(pair, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     return out, read_regions(out / "regions.parquet")
 
 
+def test_the_sample_svs_as_dicom_has_its_mpp_regions_and_pixels(sample_slide, tmp_path):
+    """The real Aperio SVS converted to DICOM: MPP 0.499 from the DICOM Pixel Spacing, same
+    size, region and patch mask; pixels within the JPEG re-encoding (measured: mean |diff| 2.9,
+    99th percentile 24 grey levels, the SVS itself being JPEG quality 30)."""
+    from dicom_pair import to_dicom
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    shutil.copy(sample_slide, slides / "svs.svs")
+    to_dicom(sample_slide, slides / "dcm")
+    with open_slide(slides / "svs.svs") as svs, open_slide(slides / "dcm") as dcm:
+        assert (svs.mpp, dcm.mpp, dcm.mpp_source) == (0.499, 0.499, "dicom")
+        assert dcm.level_dimensions == svs.level_dimensions == [(2220, 2967)]
+        diff = np.abs(svs.read_region(0, 0, 0, 2220, 2967).astype(np.int16)
+                      - dcm.read_region(0, 0, 0, 2220, 2967).astype(np.int16))  # fmt: skip
+        assert diff.mean() < 4.0 and np.percentile(diff, 99) < 32, (diff.mean(), diff.max())
+    out = tmp_path / "tiles"
+    assert tile([f"SLIDES={slides}", f"OUT={out}", *QUIET]) == 0
+    df = read_regions(out / "regions.parquet").set_index("slide_id")
+    a, b = df.loc["svs"], df.loc["dcm"]
+    assert (a.x, a.y, a.read_level, a.read_size) == (b.x, b.y, b.read_level, b.read_size)
+    assert np.array_equal(a.patch_mask, b.patch_mask)
+
+
 def test_dicom_series_opens_with_the_tiffs_mpp_levels_and_pixels(pair):
     """Folder or any instance file: OpenSlide reads the series; MPP comes from the DICOM
     metadata; every level's pixels equal the TIFF's within the JPEG re-encoding error."""
