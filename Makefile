@@ -11,7 +11,7 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu setup-browser test test-all test-gpu lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune predict heatmap demo \
+.PHONY: help setup setup-gpu setup-browser test test-all test-gpu gpu-check lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune predict heatmap demo \
 	bench bench-tile bench-roi bench-models bench-extract
 
 help: ## list the targets
@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 data/samples/cmu_small_region.svs: | $(STAMP)
 	$(PY) -m hipt.samples
 
-setup-gpu: setup ## add cuCIM's CUDA dependencies (cupy, nvImageCodec) for GPU decoding
-	$(PIP) install -c $(CONSTRAINTS) "cucim-cu13[ctk]" || $(PIP) install "cucim-cu13==26.10.0"
+setup-gpu: setup ## add cuCIM's CUDA dependencies (cupy, nvImageCodec + nvJPEG) for GPU decoding, pinned to torch's CUDA 13 build
+	$(PIP) install -q -c $(CONSTRAINTS) -r requirements/gpu-cu13.txt
 
 setup-browser: setup ## Debian's Chromium + Playwright, for the tests that open the HTML pages in a browser
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
@@ -44,8 +44,12 @@ test: setup ## default test suite (CPU, excludes slow; gpu tests skip without CU
 test-all: setup ## every test, slow ones included
 	$(PY) -m pytest -q
 
-test-gpu: setup ## only the gpu-marked tests (run on a CUDA machine)
-	$(PY) -m pytest -m gpu -q
+test-gpu: setup ## only the gpu-marked tests; fails (not skips) without a usable CUDA device
+	HIPT_REQUIRE_CUDA=1 $(PY) -m pytest -m gpu -q
+
+gpu-check: setup ## on a lent GPU machine: GPU tests + GPU benchmarks -> gpu_report.md (exits 1 without CUDA; dry_run=1 on CPU)
+	@if [ -z "$(dry_run)" ]; then $(MAKE) --no-print-directory setup-gpu; fi
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 lint: setup ## ruff lint + format check
 	$(VENV)/bin/ruff check src pipelines tests benchmarks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hipt.cli import main_guard, run_stage
+from hipt.cli import Deprecated, main_guard, run_stage
 from hipt.extract.config import ExtractConfig
 
 SHORTCUTS = {
@@ -13,6 +13,14 @@ SHORTCUTS = {
     "CHECKPOINT256": "checkpoint256",
     "CHECKPOINT4K": "checkpoint4k",
 }
+
+
+DEPRECATED = {
+    "gpu_decode": Deprecated(
+        "decode", "use decode=cpu|gpu_batch|auto (gpu_decode=true is decode=gpu_batch)",
+        values={"true": "gpu_batch", "false": "cpu"},
+    ),
+}  # fmt: skip
 
 
 def run(cfg: ExtractConfig) -> int:
@@ -24,7 +32,8 @@ def run(cfg: ExtractConfig) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stage with ``key=value`` overrides of conf/extract.yaml; return the exit code."""
-    return run_stage(ExtractConfig, "extract.yaml", run, argv, shortcuts=SHORTCUTS)
+    return run_stage(ExtractConfig, "extract.yaml", run, argv, shortcuts=SHORTCUTS,
+                     deprecated=DEPRECATED)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -18,12 +18,28 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+#: Set by `make test-gpu` / `make gpu-check`: GPU tests must run, so no CUDA is a failure.
+REQUIRE_CUDA = "HIPT_REQUIRE_CUDA"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip `gpu` tests cleanly when CUDA is not available."""
+    """Skip `gpu` tests cleanly when CUDA is not available, unless HIPT_REQUIRE_CUDA=1."""
     import torch
 
     if torch.cuda.is_available():
         return
+    if os.environ.get(REQUIRE_CUDA) == "1" and any("gpu" in item.keywords for item in items):
+        from hipt.models.runtime import nvidia_driver
+
+        driver = nvidia_driver()
+        why = (
+            f"NVIDIA driver {driver} is too old for torch's CUDA {torch.version.cuda} build"
+            if driver
+            else "no NVIDIA driver is loaded"
+        )  # noqa: E501
+        raise pytest.UsageError(
+            f"{REQUIRE_CUDA}=1 but torch cannot use CUDA ({why}): the gpu tests cannot run"
+        )  # noqa: E501
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:
         if "gpu" in item.keywords:

@@ -35,11 +35,15 @@ class Deprecated:
     Args:
         key: the config key it now maps to, or None when it is ignored.
         message: the warning (what to use instead, or why it is no longer needed).
+        values: old value -> new value, where the meaning of the values changed too.
     """
 
-    def __init__(self, key: str | None, message: str) -> None:
+    def __init__(
+        self, key: str | None, message: str, values: Mapping[str, str] | None = None
+    ) -> None:
         self.key = key
         self.message = message
+        self.values = dict(values or {})
 
 
 def expand_shortcuts(
@@ -62,7 +66,7 @@ def expand_shortcuts(
             dep = old[key]
             log.warning("%s= is deprecated: %s", key, dep.message)
             if dep.key is not None:
-                out.append(f"{dep.key}={value}")
+                out.append(f"{dep.key}={dep.values.get(value.lower(), value)}")
         elif sep and key.isupper():
             if key in shortcuts:
                 out.append(f"{shortcuts[key]}={value}")

@@ -2,7 +2,8 @@ import copy
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
+from quiet_trainer import quiet_trainer
 from torch.utils.data import DataLoader
 
 from hipt.models import build
@@ -35,16 +36,7 @@ def _fixed_loader(n=4):
 
 
 def _fit(module, steps, callbacks=()):
-    trainer = Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
+    trainer = quiet_trainer(steps, callbacks=callbacks)
     trainer.fit(module, train_dataloaders=_fixed_loader())
     return trainer
 

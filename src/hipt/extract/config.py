@@ -6,6 +6,7 @@ import dataclasses
 
 from hipt.config import WandbConfig, non_result
 from hipt.errors import ConfigError
+from hipt.slides.decode import DECODES
 
 DTYPES = ("float16", "float32")
 ON_STALE = ("recompute", "error")
@@ -35,12 +36,15 @@ class ExtractConfig:
         prefetch_regions: regions read ahead per reader (the bounded queue that caps memory).
         regions_per_chunk: regions per Zarr chunk of ``feats256``.
         backend: slide reader backend (``auto``, ``cucim``, ``openslide``).
-        gpu_decode: on CUDA, read regions straight into GPU memory (cuCIM), no host round trip.
+        decode: where tiles are decoded on a CUDA run: ``cpu`` (worker processes, pinned
+            memory, non-blocking copies), ``gpu_batch`` (cuCIM's batch loader on the GPU) or
+            ``auto`` (the measured default, :data:`hipt.slides.decode.AUTO`).
         devices: devices per node (``1``, ``2``, ``-1`` or ``auto``).
         num_nodes: nodes; ``devices * num_nodes > 1`` runs DDP predict, slides sharded by rank.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``/``cuda``).
         strategy: Lightning strategy; ``auto`` means ``ddp`` when more than one process runs.
         precision: ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` on CPU (bf16 is slow there).
+        tf32: on CUDA, float32 matmuls use TF32 (``false``: IEEE float32, bit-fidelity).
         on_stale: what to do with a store made with other settings (checkpoint, tiling, dtype):
             ``recompute`` it or stop with an ``error`` before anything is written.
         verify_stores: before reusing a store, decode every chunk once (crc32c checksums) so
@@ -68,12 +72,13 @@ class ExtractConfig:
     prefetch_regions: int = non_result(2)
     regions_per_chunk: int = non_result(1)
     backend: str = non_result("auto")
-    gpu_decode: bool = non_result(True)
+    decode: str = non_result("auto")
     devices: int | str = non_result(1)
     num_nodes: int = non_result(1)
     accelerator: str = non_result("auto")
     strategy: str = non_result("auto")
     precision: str = "auto"
+    tf32: bool = True
     on_stale: str = non_result("recompute")
     verify_stores: bool = non_result(True)
     overwrite: bool = non_result(False)
@@ -95,6 +100,7 @@ def validate(cfg: ExtractConfig) -> None:
         "on_stale": ON_STALE,
         "precision": PRECISIONS,
         "compile": COMPILE,
+        "decode": DECODES,
     }
     for key, allowed in choices.items():
         value = str(getattr(cfg, key)).lower()

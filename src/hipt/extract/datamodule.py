@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from hipt.errors import HiptError
 from hipt.extract.dataset import PatchBatch, RegionStream
 from hipt.extract.plan import shard
+from hipt.models.runtime import worker_start_method
 from hipt.slides.tiles import SlideTiles
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,15 @@ class ExtractDataModule(LightningDataModule):
         todo: positions of the slides to encode (same list on every rank).
         fingerprint: hash of ``todo``; ranks that planned differently stop with an error.
         batch_size: patches per batch.
-        num_workers: DataLoader worker processes (forced to 0 when decoding on the GPU).
-        reader_threads: reader threads per worker.
-        prefetch_regions: regions read ahead per worker.
+        num_workers: DataLoader worker processes decoding on CPU (none with ``gpu_batch``).
+        reader_threads: reader threads per worker (cuCIM's loader threads with ``gpu_batch``).
+        prefetch_regions: regions read ahead per worker (regions per GPU decode call with
+            ``gpu_batch``).
         skip_background: yield only masked patches.
         backend: slide reader backend.
-        gpu_decode: on CUDA, decode regions straight into GPU memory.
+        decode: ``cpu`` (workers decode, pinned memory, non-blocking copies) or ``gpu_batch``
+            (cuCIM's batch loader decodes on the GPU in this process), as resolved by
+            :func:`hipt.slides.decode.resolve_decode`; only applies on CUDA.
     """
 
     def __init__(
@@ -54,7 +58,7 @@ class ExtractDataModule(LightningDataModule):
         prefetch_regions: int,
         skip_background: bool,
         backend: str = "auto",
-        gpu_decode: bool = True,
+        decode: str = "cpu",
     ) -> None:
         super().__init__()
         self.jobs = list(jobs)
@@ -66,10 +70,11 @@ class ExtractDataModule(LightningDataModule):
         self.prefetch_regions = prefetch_regions
         self.skip_background = skip_background
         self.backend = backend
-        self.gpu_decode = gpu_decode
+        self.decode = decode
         self.positions: list[int] = []
         self.decode_device = "cpu"
         self.pin_memory = False
+        self.start_method: str | None = None
 
     def setup(self, stage: str) -> None:
         """Pick this rank's slides; check every rank planned the same work."""
@@ -84,13 +89,22 @@ class ExtractDataModule(LightningDataModule):
                 )
         self.positions = shard(self.jobs, self.todo, rank, world)
         root = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-        if root.type == "cuda" and self.gpu_decode:
+        if root.type == "cuda" and self.decode == "gpu_batch":
             self.decode_device = str(root)
         self.pin_memory = root.type == "cuda" and self.decode_device == "cpu"
+        self.start_method = worker_start_method(root, self.workers)
+        if self.start_method and rank == 0:
+            log.info("%d DataLoader worker(s) start by %s: CUDA is initialised in this process",
+                     self.workers, self.start_method)  # fmt: skip
         n_regions = sum(self.jobs[p].n_regions for p in self.positions)
         log.info(
             "rank %d/%d: %d slide(s), %d region(s)", rank, world, len(self.positions), n_regions
         )
+
+    @property
+    def workers(self) -> int:
+        """Worker processes: none when this process decodes on the GPU."""
+        return 0 if self.decode_device != "cpu" else self.num_workers
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -112,11 +126,12 @@ class ExtractDataModule(LightningDataModule):
             backend=self.backend,
             device=self.decode_device,
         )
-        workers = 0 if self.decode_device != "cpu" else self.num_workers
+        workers = self.workers
         return DataLoader(
             stream,
             batch_size=None,
             num_workers=workers,
+            multiprocessing_context=self.start_method,
             # batch_size=None hands single items to collate_fn; torch's stub expects lists.
             collate_fn=_identity,  # type: ignore[arg-type]
             worker_init_fn=_worker_init if workers else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import itertools
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -15,7 +16,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from hipt.errors import one_line
 from hipt.slides.geometry import open_slide_at
-from hipt.slides.pixels import read_region, unfold_patches
+from hipt.slides.pixels import read_region, read_regions, unfold_patches
 from hipt.slides.readers import SlideReader
 from hipt.slides.tiles import SlideTiles
 
@@ -69,7 +70,9 @@ class RegionStream(IterableDataset[PatchBatch]):
         prefetch_regions: regions read ahead per worker.
         reader_threads: threads reading regions per worker.
         backend: slide reader backend.
-        device: where regions are decoded (``cuda:N`` reads straight to GPU memory).
+        device: where regions are decoded: ``cpu`` (reader threads), or ``cuda:N``: GPU batch
+            decoding in this process (``reader_threads`` loader threads, ``prefetch_regions``
+            regions per decode call).
     """
 
     def __init__(
@@ -109,10 +112,44 @@ class RegionStream(IterableDataset[PatchBatch]):
         img = read_region(reader, job.geometry, x, y, self.device)
         return unfold_patches(img, job.geometry.patch_px)
 
+    def _device_reads(
+        self, tasks: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, int, Tensor | BaseException]]:
+        """GPU batch decoding in this process: per slide, the reader's batch loader.
+
+        ``reader_threads`` are the loader's decode threads, ``prefetch_regions`` its regions per
+        GPU decode call. A failed region ends its slide (the rest is skipped upstream).
+        """
+        torch.cuda.set_device(self.device)
+        for pos, group in itertools.groupby(tasks, key=lambda task: task[0]):
+            regions = [r for _, r in group]
+            job = self.jobs[pos]
+            try:
+                reader = open_slide_at(job.geometry, backend=self.backend)
+            except Exception as exc:  # noqa: BLE001 - reported per slide
+                yield pos, regions[0], exc
+                continue
+            try:
+                coords = [(int(job.coords[r][0]), int(job.coords[r][1])) for r in regions]
+                images = read_regions(reader, job.geometry, coords, self.device, self.threads,
+                                      self.prefetch)  # fmt: skip
+                for region in regions:
+                    try:
+                        img = next(images)
+                    except Exception as exc:  # noqa: BLE001 - a bad region fails its slide
+                        yield pos, region, exc
+                        break
+                    yield pos, region, unfold_patches(img, job.geometry.patch_px)
+            finally:
+                reader.close()
+
     def _reads(
         self, tasks: list[tuple[int, int]], failed: set[int]
     ) -> Iterator[tuple[int, int, Tensor | BaseException]]:
         """(slide, region, patches or the read error), in task order, ``prefetch`` ahead."""
+        if self.device.type == "cuda":
+            yield from self._device_reads(tasks)
+            return
         readers: dict[int, SlideReader | BaseException] = {}
         lock = threading.Lock()
 
@@ -132,8 +169,6 @@ class RegionStream(IterableDataset[PatchBatch]):
             if pos in failed:
                 return RuntimeError("slide already failed")
             try:
-                if self.device.type == "cuda":
-                    torch.cuda.set_device(self.device)
                 return self._read(reader_for(pos), self.jobs[pos], region)
             except Exception as exc:  # noqa: BLE001 - a bad region fails its slide only
                 return exc

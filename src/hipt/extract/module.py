@@ -50,12 +50,17 @@ class ExtractModule(LightningModule):
         self.assembler = RegionAssembler()
 
     def on_predict_start(self) -> None:
-        """Compute the blank-patch feature once (skip_background) and reset the assembler."""
+        """Compute the blank-patch feature once (skip_background) and reset the assembler.
+
+        The blank patch goes through the same precision context as every tissue patch
+        (the trainer's: bf16 autocast on CUDA), so filled and encoded patches agree.
+        """
         if self.device.type == "cuda":
             self.encoder.vit256.to(memory_format=torch.channels_last)
         fill = None
         if self.skip_background:
-            fill = self.encoder.blank_feature(self.patch_px, self.device)
+            with self.trainer.precision_plugin.forward_context():
+                fill = self.encoder.blank_feature(self.patch_px, self.device)
         self.assembler = RegionAssembler(fill)
 
     def predict_step(self, batch: PatchBatch, batch_idx: int = 0) -> EncodedRegions:

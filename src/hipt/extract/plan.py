@@ -24,8 +24,8 @@ STALE_KEYS = (
     "slide_id", "model_256", "model_4k", "checkpoint_256_sha256", "checkpoint_4k_sha256",
     "random_weights", "feature_dim_256", "feature_dim_4k", "target_mpp", "region_px", "patch_px",
     "slide_mpp", "mpp_source", "slide_width", "slide_height", "read_level", "read_size",
-    "tiling_config_hash", "dtype", "skip_background", "config_hash", "source_size_bytes",
-    "n_regions", "schema_version",
+    "tiling_config_hash", "dtype", "skip_background", "precision", "fp32_matmul", "config_hash",
+    "source_size_bytes", "n_regions", "schema_version",
 )  # fmt: skip
 
 
@@ -42,6 +42,9 @@ class EncoderInfo:
     dtype: str
     skip_background: bool
     seed: int
+    precision: str = "32-true"
+    fp32_matmul: str = "ieee"
+    decode: str = "cpu"
 
     @property
     def random_weights(self) -> bool:
@@ -51,6 +54,7 @@ class EncoderInfo:
     def config_hash(self) -> str:
         """sha256 of everything that changes feature values (the seed only for random weights)."""
         data = dataclasses.asdict(self)
+        data.pop("decode")  # recorded, but the decoders agree to within JPEG rounding
         data["resize"] = RESIZE
         if not self.random_weights:
             data.pop("seed")
@@ -75,6 +79,9 @@ def expected_meta(
         tiling_config_hash=job.tiling_key(tiling_hash),
         dtype=enc.dtype,
         skip_background=enc.skip_background,
+        precision=enc.precision,
+        fp32_matmul=enc.fp32_matmul,
+        decode=enc.decode,
         config_hash=enc.config_hash(),
         code_version=code_version,
         n_regions=job.n_regions,

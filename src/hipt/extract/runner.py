@@ -21,8 +21,9 @@ from hipt.extract.module import ExtractModule
 from hipt.extract.plan import EncoderInfo, Plan, expected_meta, make_plan
 from hipt.extract.writer import FeatureWriter, SlideResult, SlideStoreSink
 from hipt.features.schema import FeatureStoreMeta
-from hipt.models.runtime import resolve_precision
+from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul, uses_cuda
 from hipt.provenance import git_state, sha256_file
+from hipt.slides.decode import DecodePlan, resolve_decode
 from hipt.slides.tiles import SlideTiles, load_tiles, regions_file
 from hipt.stage import StageRun, is_launch_rank_zero
 
@@ -137,6 +138,7 @@ def _predict(
     plan: Plan,
     encoders: tuple[nn.Module, nn.Module],
     precision: str,
+    decode: DecodePlan,
     logger: Any,
 ) -> list[SlideResult] | None:
     """Run Lightning predict over ``plan.todo``; rank 0 gets every rank's results, others None."""
@@ -150,7 +152,7 @@ def _predict(
     module = ExtractModule(encoder, cfg.skip_background, jobs[plan.todo[0]].geometry.patch_px)
     data = ExtractDataModule(
         jobs, plan.todo, plan.fingerprint(jobs), cfg.batch_size, cfg.num_workers,
-        cfg.reader_threads, cfg.prefetch_regions, cfg.skip_background, cfg.backend, cfg.gpu_decode,
+        cfg.reader_threads, cfg.prefetch_regions, cfg.skip_background, cfg.backend, decode.mode,
     )  # fmt: skip
     sink = SlideStoreSink(Path(cfg.out), jobs, metas, cfg.regions_per_chunk)
     writer = FeatureWriter(sink, progress=cfg.progress)
@@ -196,6 +198,11 @@ def run(cfg: ExtractConfig) -> int:
     tiles = load_tiles(cfg.tiles)
     jobs = tiles.slides
     vit256, vit4k, info = build_encoders(cfg)
+    precision = resolve_precision(cfg.precision, cfg.accelerator)
+    device = torch.device("cuda" if uses_cuda(cfg.accelerator) else "cpu")
+    decode = resolve_decode(cfg.decode, device.type, cfg.backend)
+    info = dataclasses.replace(info, precision=precision, decode=decode.mode,
+                               fp32_matmul=set_fp32_matmul(device, cfg.tf32))  # fmt: skip
     if info.random_weights and rank0:
         _warn_random(info)
     sha, dirty = git_state()
@@ -208,7 +215,6 @@ def run(cfg: ExtractConfig) -> int:
             + "; ".join(f"{k}: {v}" for k, v in list(plan.stale.items())[:3])
             + "); rerun with on_stale=recompute or use another OUT"
         )
-    precision = resolve_precision(cfg.precision, cfg.accelerator)
     inputs: list[str | Path] = [
         regions_file(cfg.tiles),
         *(p for p in (cfg.checkpoint256, cfg.checkpoint4k) if p),
@@ -218,21 +224,26 @@ def run(cfg: ExtractConfig) -> int:
             for sid, reason in plan.stale.items():
                 log.warning("%s: existing store is stale, recomputing (%s)", sid, reason)
             n_todo = sum(jobs[i].n_regions for i in plan.todo)
+            log.info("extract: %s; %s", describe_device(device, precision, info.fp32_matmul),
+                     decode.reason)  # fmt: skip
             log.info(
-                "extract: %d slide(s): %d to encode (%d regions), %d complete and skipped; "
-                "precision %s", len(jobs), len(plan.todo), n_todo, len(plan.skipped), precision,
+                "extract: %d slide(s): %d to encode (%d regions), %d complete and skipped",
+                len(jobs), len(plan.todo), n_todo, len(plan.skipped),
             )  # fmt: skip
         t0 = time.perf_counter()
         results: list[SlideResult] | None = []
         if plan.todo:
             encoders = (vit256, vit4k)
-            results = _predict(cfg, jobs, metas, plan, encoders, precision, run.logger)
+            results = _predict(cfg, jobs, metas, plan, encoders, precision, decode, run.logger)
         if results is None:  # a DDP child: rank 0 writes the summary
             return 0
         extra = {
             "config_hash": run.config_hash,
+            "peak_gpu_memory_gb": _peak_gpu_memory_gb(),
             "random_weights": info.random_weights,
             "precision": precision,
+            "fp32_matmul": info.fp32_matmul,
+            "decode": decode.to_dict(),
             "dtype": cfg.dtype,
             "skip_background": cfg.skip_background,
             "seconds": time.perf_counter() - t0,
@@ -248,6 +259,13 @@ def run(cfg: ExtractConfig) -> int:
         if summary["failed"]:
             run.close_logger(ok=False)
     return _report(summary, out)
+
+
+def _peak_gpu_memory_gb() -> float | None:
+    """Peak GPU memory this process allocated (None on CPU runs)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
 def _report(summary: dict[str, Any], out: Path) -> int:

@@ -8,7 +8,8 @@ from typing import Any
 from hipt.slides.geometry import SlideGeometry
 
 #: v2: slide geometry (MPP and its source, read level/size, level-0 size) and crc32c checksums.
-SCHEMA_VERSION = 2
+#: v3: the precision, fp32 matmul mode and decode path the features were computed with.
+SCHEMA_VERSION = 3
 
 #: What a model trained on stores depends on: stores of one cohort must agree on these, and a
 #: model applied to new stores (predict, heatmap) needs the same values.
@@ -55,6 +56,11 @@ class FeatureStoreMeta:
             the sha256 of the slide's annotation file when it had one.
         dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
         skip_background: True when empty patches got the blank-patch feature.
+        precision: Lightning precision the encoders ran at (``32-true``, ``bf16-mixed``); a
+            store of another precision is stale (CPU fp32 and GPU bf16 stores never mix).
+        fp32_matmul: float32 matmuls in ``ieee`` or ``tf32`` (CUDA only).
+        decode: where the JPEG tiles were decoded (``cpu``, ``gpu_batch``): recorded, not a
+            staleness key (the decoders agree to within JPEG's rounding).
         config_hash: hash of the extraction settings that change the features.
         code_version: git sha of the code.
         created_at: ISO time the store was finalised.
@@ -87,6 +93,9 @@ class FeatureStoreMeta:
     tiling_config_hash: str
     dtype: str = "float16"
     skip_background: bool = False
+    precision: str = "32-true"
+    fp32_matmul: str = "ieee"
+    decode: str = "cpu"
     config_hash: str = ""
     code_version: str | None = None
     created_at: str = ""

@@ -106,6 +106,8 @@ class TrainConfig:
         progress_bar: show Lightning's progress bar.
         accelerator: Lightning accelerator (``auto``, ``cpu``, ``gpu``).
         precision: Lightning precision; ``auto`` = ``bf16-mixed`` on CUDA, ``32-true`` on CPU.
+        tf32: on CUDA, float32 matmuls (the frozen ViT-4K pass, ``32-true`` training) use
+            TF32; ``false`` keeps IEEE float32 for bit-fidelity. CPU runs are always IEEE.
         cpu_threads: torch intra-op threads (``torch.set_num_threads``); null = torch's default.
             1 is fastest for tiny models and on a busy machine.
     """
@@ -120,6 +122,7 @@ class TrainConfig:
     progress_bar: bool = non_result(False)
     accelerator: str = "auto"
     precision: str = "auto"
+    tf32: bool = True
     cpu_threads: int | None = non_result(None)
 
 

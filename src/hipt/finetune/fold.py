@@ -26,7 +26,7 @@ from hipt.finetune.selection import SelectBest
 from hipt.finetune.slide_model import ModelPlan, build_model, fit_scaler
 from hipt.io import atomic_write_json, atomic_write_text
 from hipt.models import export_model
-from hipt.models.runtime import resolve_precision
+from hipt.models.runtime import resolve_device, resolve_precision
 from hipt.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ def train_fold(
     )
     model = build_model(plan, meta)
     # whole training bags, in patient order: the fit depends on the fold only
-    scaler_rows = fit_scaler(model, (reader.read(p) for p in split["train"]["patient_id"]))
+    device = resolve_device(cfg.train.accelerator)
+    bags = (reader.read(p) for p in split["train"]["patient_id"])
+    scaler_rows = fit_scaler(model, bags, device)
     module = SlideTaskModule(model, task, cfg.train.lr, cfg.train.weight_decay)
     selector = None
     if cfg.train.select == "best_val" or cfg.train.early_stopping_patience:

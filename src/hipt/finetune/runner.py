@@ -26,6 +26,7 @@ from hipt.finetune.slide_model import (
 from hipt.finetune.splits import load_or_make_folds
 from hipt.io import atomic_write_text
 from hipt.models import SLIDE_HEAD, model_spec
+from hipt.models.runtime import describe_device, resolve_device, resolve_precision, set_fp32_matmul
 from hipt.stage import StageRun
 from hipt.tasks.base import Task, build_task
 from hipt.tasks.plots import task_plots
@@ -107,8 +108,7 @@ def _bag_reader(
     With ``data.encode_once`` and a shared frozen ViT-4K, bags are encoded up front (falls back
     to per-step encoding when the embeddings would not be cached).
     """
-    use_gpu = cfg.train.accelerator != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if use_gpu else "cpu")
+    device = resolve_device(cfg.train.accelerator)
     encoder = (
         frozen_region_encoder(cfg.model, plan, cohort.meta, device)
         if cfg.data.encode_once
@@ -195,6 +195,10 @@ def run_finetune(cfg: FinetuneConfig) -> pd.DataFrame:
     with StageRun(STAGE, cfg, cfg.out, inputs=inputs, defer_start=True) as run:
         cohort = _load(cfg, task)  # a bad cohort stops here, before a file of the folder changes
         run.start()
+        device = resolve_device(cfg.train.accelerator)
+        precision = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+        fp32 = set_fp32_matmul(device, cfg.train.tf32)
+        log.info("finetune: %s", describe_device(device, precision, fp32))
         group = cfg.wandb.group or f"{STAGE}-{cfg.task}-{cfg.model.name}-{run.config_hash[:8]}"
         results = _run_folds(cfg, task, cohort, run, group)
         summary = summarize(results)

@@ -130,22 +130,26 @@ def build_model(plan: ModelPlan, meta: FeatureStoreMeta) -> nn.Module:
     return model
 
 
-def fit_scaler(model: nn.Module, bags: Iterable[Tensor]) -> int | None:
+def fit_scaler(
+    model: nn.Module, bags: Iterable[Tensor], device: torch.device | str = "cpu"
+) -> int | None:
     """Fit the model's :class:`~hipt.models.scaler.FeatureScaler` on training ``bags``.
 
     Each bag goes through ``model.scaler_inputs`` (for ``hipt_lgp`` on ``feats256`` that runs
-    the ViT-4K) in eval mode without gradients. Returns the number of rows fitted on, or None
-    when the model has no scaler.
+    the ViT-4K) in eval mode without gradients, on ``device``: the model moves there first,
+    so the ViT-4K pass runs on the GPU of a GPU run. Returns the number of rows fitted on, or
+    None when the model has no scaler.
     """
     scaler = getattr(model, "scaler", None)
     if scaler is None:
         return None
     head = cast("HiptLGP | ABMIL | MeanPool", model)  # the slide heads that carry a scaler
+    model.to(device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            scaler.fit(head.scaler_inputs(bag) for bag in bags)
+            scaler.fit(head.scaler_inputs(bag.to(device)) for bag in bags)
     finally:
         model.train(was_training)
     log.info("standardize: scaler fitted on %d training rows", int(scaler.count))

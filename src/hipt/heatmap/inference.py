@@ -24,13 +24,6 @@ if TYPE_CHECKING:
     from hipt.models import Vit256
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def shift_region(region: np.ndarray, offset_px: int) -> np.ndarray:
     """The region cropped by ``offset_px`` at the top-left and padded white (official shifts)."""
     if offset_px <= 0:

@@ -23,7 +23,7 @@ from hipt.features import FeatureStore, open_store
 from hipt.heatmap.canvas import CanvasGeometry, CanvasStack, choose_canvas_mpp
 from hipt.heatmap.config import HeatmapConfig, heatmap_hash, validate
 from hipt.heatmap.geojson import AttentionObjects, patch_means
-from hipt.heatmap.inference import Vit256Pass, resolve_device, slide_forward, vit4k_cls_attention
+from hipt.heatmap.inference import Vit256Pass, slide_forward, vit4k_cls_attention
 from hipt.heatmap.models import (
     SlideModel,
     build_encoder,
@@ -36,6 +36,7 @@ from hipt.heatmap.passes import MapSpec, RegionScorer
 from hipt.heatmap.scores import percentile
 from hipt.heatmap.topk import patch_crop, record, region_crop, top_patches, top_regions
 from hipt.io import remove_path, tmp_path_for
+from hipt.models.runtime import describe_device, resolve_device, set_fp32_matmul
 from hipt.provenance import sha256_file
 from hipt.slides import SlideReader
 from hipt.slides.dicom import slide_stat
@@ -125,6 +126,10 @@ def open_inputs(cfg: HeatmapConfig, cache: ModelCache | None = None) -> Inputs:
         )
     sha256 = check_weights("256", cfg.checkpoint256, meta.checkpoint_256_sha256)
     device = resolve_device(cfg.device)
+    if ("device", str(device)) not in cache:  # once per run: the line says what runs where
+        precision = "bf16 autocast" if device.type == "cuda" else "32-true"
+        log.info("heatmap: %s", describe_device(device, precision, set_fp32_matmul(device)))
+        cache[("device", str(device))] = device
     slide = None
     if cfg.model:
         model = cfg.model

@@ -21,7 +21,7 @@ import torch
 from hipt.errors import HiptError, StaleOutputError, one_line
 from hipt.features import FeatureStore, find_store, open_store
 from hipt.features.store import provenance_problem
-from hipt.models.runtime import autocast_context
+from hipt.models.runtime import autocast_context, describe_device, resolve_device, set_fp32_matmul
 from hipt.models.slide import SlideModel, load_slide_models
 from hipt.predict.cohort import PredictCohort, read_cohort
 from hipt.predict.config import PredictConfig, predict_hash, validate
@@ -54,13 +54,6 @@ class Prediction:
 
     outputs: dict[str, dict[str, np.ndarray]]
     attention: np.ndarray
-
-
-def resolve_device(accelerator: str) -> torch.device:
-    """``auto`` -> CUDA when available; ``cpu``/``cuda``/``gpu`` as asked."""
-    if accelerator == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device("cuda" if accelerator in ("gpu", "cuda") else accelerator)
 
 
 def open_slides(cohort: PredictCohort, features: Path) -> list[SlideStatus]:
@@ -239,6 +232,8 @@ def run(cfg: PredictConfig) -> int:
     """Predict every patient of ``cfg.cohort``; 1 when any slide or patient was skipped."""
     validate(cfg)
     device = resolve_device(cfg.accelerator)
+    log.info("predict: %s", describe_device(device, "bf16 autocast" if device.type == "cuda"
+                                             else "32-true", set_fp32_matmul(device)))  # fmt: skip
     models = load_slide_models(cfg.model, device, cfg.task, cfg.classes)
     task = task_from_state(models[0].card.output)
     task.cfg.column = cfg.target.column

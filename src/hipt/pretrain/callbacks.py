@@ -6,10 +6,15 @@ Throughput is logged by Lightning's own ``ThroughputMonitor``.
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+
+from hipt.pretrain.finite import NonFiniteLossError
+
+log = logging.getLogger(__name__)
 
 
 class SaveOnException(Callback):
@@ -17,6 +22,17 @@ class SaveOnException(Callback):
 
     Lightning's ``OnExceptionCheckpoint`` would also make every later ``fit`` silently resume
     from its file; this one only saves, and resuming stays an explicit choice.
+
+    Saving is a collective (``Trainer.save_checkpoint`` ends in a barrier that every process
+    must reach), so it is only attempted where no process can be left waiting:
+
+    - a one-process run: always;
+    - a multi-process run: only for a :class:`~hipt.pretrain.finite.NonFiniteLossError`, which
+      every process raises at the same point after agreeing on it. Any other exception may be
+      raised by one process alone (a data error, out of memory) or at different points on
+      different processes (Ctrl-C, SIGTERM), while the others sit in a collective that it
+      never joins: a barrier there would hang until the collective timeout. Such a run is not
+      saved here; ``resume=true`` continues from the last periodic checkpoint.
 
     Args:
         path: checkpoint file (``OUT/checkpoints/last.ckpt``).
@@ -28,7 +44,18 @@ class SaveOnException(Callback):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        """Save the full training state (weights, optimizer, loops, RNG)."""
+        """Save the full training state (weights, optimizer, loops, RNG) where that is safe."""
+        if trainer.world_size > 1 and not isinstance(exception, NonFiniteLossError):
+            if trainer.is_global_zero:
+                log.warning(
+                    "%s not written at this interruption (%s): in a %d-process run the other "
+                    "processes may be waiting in a collective; resume=true continues from the "
+                    "last periodic checkpoint",
+                    self.path,
+                    type(exception).__name__,
+                    trainer.world_size,
+                )
+            return
         trainer.save_checkpoint(self.path, weights_only=False)
 
 

@@ -211,6 +211,11 @@ class TrainerConfig:
         limit_train_batches: batches per epoch (int) or fraction (float).
         log_every_n_steps: logging interval.
         deterministic: ``torch.use_deterministic_algorithms``.
+        tf32: on CUDA, float32 matmuls use TF32 (``false``: IEEE float32); CPU stays IEEE.
+        collective_timeout_s: seconds a DDP process waits in a collective (gradient all-reduce,
+            barrier) for the others before it fails, so that a process that died or hangs ends
+            the run instead of stalling it (Lightning's default is 1800 s). Applies to
+            ``strategy: ddp`` and to ``auto`` when it runs several processes.
     """
 
     accelerator: str = hardware("auto")
@@ -218,12 +223,14 @@ class TrainerConfig:
     num_nodes: int = hardware(1)
     strategy: str = hardware("auto")
     precision: str = hardware("auto")
+    tf32: bool = hardware(True)
     max_epochs: int = 100
     max_steps: int = -1
     accumulate_grad_batches: int = 1
     limit_train_batches: Any = 1.0
     log_every_n_steps: int = non_result(50)
     deterministic: bool = False
+    collective_timeout_s: int = non_result(600)
 
 
 @dataclasses.dataclass
@@ -241,7 +248,8 @@ class PretrainConfig:
         overwrite: delete this stage's outputs in ``out`` and start over.
         seed: seed of model init, data order and augmentations.
         checkpoint_every_n_steps: interval of ``checkpoints/last.ckpt`` (also written when a
-            run is interrupted).
+            one-process run is interrupted; a multi-process run resumes from the last interval,
+            as saving then could deadlock on the processes that did not fail).
     """
 
     level: str = "256"
@@ -289,6 +297,10 @@ def validate(cfg: PretrainConfig) -> None:
     _check(
         cfg.trainer.max_epochs > 0 or cfg.trainer.max_steps > 0,
         "set trainer.max_epochs or trainer.max_steps",
+    )
+    _check(
+        cfg.trainer.collective_timeout_s > 0,
+        f"trainer.collective_timeout_s must be > 0 seconds, got {cfg.trainer.collective_timeout_s}",
     )
     c4 = cfg.crops4k
     _check(

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from hipt.errors import HiptError
 from hipt.features import open_store
 from hipt.models.grid import bag_to_grid
+from hipt.models.runtime import worker_start_method
 from hipt.pretrain.patch_cache import build_patch_cache, open_patch_cache
 from hipt.pretrain.sampling import SampleKey, ShardedEpochSampler
 from hipt.slides.geometry import SlideGeometry, open_slide_at
@@ -214,11 +215,17 @@ class _DinoDataModule(LightningDataModule):
         )
         self._sampler = sampler
         pin = self.pin_memory and torch.cuda.is_available()
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        start = worker_start_method(device, self.num_workers)  # forkserver beside CUDA
+        if start and rank == 0:
+            log.info("%d DataLoader worker(s) start by %s: CUDA is initialised in this process",
+                     self.num_workers, start)  # fmt: skip
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
+            multiprocessing_context=start,
             pin_memory=pin,
             drop_last=False,
             persistent_workers=self.num_workers > 0,

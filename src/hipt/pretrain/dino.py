@@ -12,6 +12,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from hipt.errors import HiptError
+from hipt.pretrain.finite import FiniteLossCheck
 from hipt.pretrain.heads import MultiCropWrapper
 from hipt.pretrain.loss import DinoCriterion
 from hipt.pretrain.schedules import (
@@ -37,8 +38,13 @@ class DinoModule(LightningModule):
 
     The student (backbone with drop-path + head) sees every view, the teacher (same
     architecture, no drop-path, an EMA of the student that gets no gradient) only the global
-    views. Per optimizer step: lr and weight decay from the cosine schedules, per-parameter
-    gradient clipping, last-layer freezing at the start, then the EMA teacher update.
+    views. Per optimizer step: lr and weight decay from the cosine schedules, a check that the
+    loss was finite on every process, per-parameter gradient clipping, last-layer freezing at
+    the start, then the EMA teacher update.
+
+    The step reads no tensor value back to the host except the one (non-stalling) read of
+    :class:`~hipt.pretrain.finite.FiniteLossCheck`: the loss is logged as a tensor, the
+    schedule values as host tensors, and the clipping stays on the device.
 
     - [0]: DINO, 2021, https://arxiv.org/abs/2104.14294
 
@@ -73,6 +79,7 @@ class DinoModule(LightningModule):
         self.batch_size = batch_size
         self.n_global_views = n_global_views
         self.schedules: DinoSchedules | None = None
+        self.finite_check = FiniteLossCheck()
         self._resumed_batch: int | None = None
 
     # -- schedules ---------------------------------------------------------------------------
@@ -114,28 +121,29 @@ class DinoModule(LightningModule):
         return self.student(views)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """DINO loss of one multi-crop batch (``batch.data``: list of ``[B, C, H, W]`` views)."""
+        """DINO loss of one multi-crop batch (``batch.data``: list of ``[B, C, H, W]`` views).
+
+        Its finiteness is only recorded here (see :meth:`on_before_optimizer_step`). Nothing is
+        read back from the device: the loss is shown in the progress bar only when there is one
+        (Lightning reads progress-bar values every step), and the schedule values are logged as
+        host tensors (a Python float would be copied to the device, a blocking copy).
+        """
         views = list(batch.data)
         with torch.no_grad():
             teacher_out = self.teacher(views[: self.n_global_views])
         student_out = self.student(views)
         loss = self.criterion(teacher_out, student_out, epoch=self.current_epoch)
-        if not torch.isfinite(loss):
-            raise HiptError(
-                f"DINO loss is {loss.item()} at step {self.global_step}; lower "
-                "optim.lr or optim.clip_grad, or check the input data"
-            )
+        self.finite_check.record(loss)
         s, step = self._schedules(), self.global_step
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict(
-            {
-                "train/lr": s.lr(step),
-                "train/weight_decay": s.weight_decay_at(step),
-                "train/momentum": s.momentum_at(step),
-                "train/teacher_temp": self.criterion.teacher_temperature(self.current_epoch),
-                "train/last_layer_frozen": float(s.last_layer_frozen(step)),
-            }
-        )
+        self.log("train/loss", loss, prog_bar=self.trainer.progress_bar_callback is not None)
+        values = {
+            "train/lr": s.lr(step),
+            "train/weight_decay": s.weight_decay_at(step),
+            "train/momentum": s.momentum_at(step),
+            "train/teacher_temp": self.criterion.teacher_temperature(self.current_epoch),
+            "train/last_layer_frozen": float(s.last_layer_frozen(step)),
+        }
+        self.log_dict({k: torch.tensor(v) for k, v in values.items()})
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -155,7 +163,13 @@ class DinoModule(LightningModule):
         update_teacher(self.student, self.teacher, s.momentum_at(step))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Freeze the head's last layer during the first steps (DINO ``freeze_last_layer``)."""
+        """Stop if the loss was not finite, then freeze the head's last layer at the start.
+
+        Raises:
+            NonFiniteLossError: on every process at once, if the loss of this step was not
+                finite on any of them; the weights are still those of the previous step.
+        """
+        self.finite_check.check(self.global_step)
         if self._schedules().last_layer_frozen(self.global_step):
             head = cast("DINOProjectionHead", self.student.head)  # made by build_head
             cancel_last_layer_gradients(head.last_layer)

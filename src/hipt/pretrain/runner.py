@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import sys
@@ -13,13 +14,14 @@ import lightning
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ThroughputMonitor
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 from omegaconf import OmegaConf
 
 from hipt.config import HARDWARE, NON_RESULT, keys_with_role, to_container
 from hipt.errors import ConfigError, HiptError, StaleOutputError
 from hipt.io import remove_path
 from hipt.models import Vit4K, Vit256, build, model_spec
-from hipt.models.runtime import resolve_precision
+from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul
 from hipt.models.spec import PATCH_ENCODER, REGION_ENCODER
 from hipt.pretrain.callbacks import RankSync, SaveOnException
 from hipt.pretrain.config import PretrainConfig, validate
@@ -195,41 +197,67 @@ def n_samples(batch: DinoSample) -> int:
     return int(batch.data[0].shape[0])
 
 
+def ddp_strategy(cfg: PretrainConfig) -> DDPStrategy:
+    """Lightning's DDP with ``trainer.collective_timeout_s`` instead of its 30-minute timeout."""
+    return DDPStrategy(timeout=datetime.timedelta(seconds=cfg.trainer.collective_timeout_s))
+
+
 def build_trainer(
     cfg: PretrainConfig, out: Path, logger: Any, callbacks: list[Callback]
 ) -> Trainer:
-    """``lightning.Trainer`` from ``cfg.trainer`` (DDP, precision, limits) and our callbacks."""
+    """``lightning.Trainer`` from ``cfg.trainer`` (DDP, precision, limits) and our callbacks.
+
+    ``strategy: ddp`` gets :func:`ddp_strategy`; so does ``auto`` when Lightning resolves it to
+    script-launched DDP (several devices or nodes): the Trainer is then built a second time with
+    it, as Lightning takes the timeout only when the strategy is constructed. ``auto`` resolved
+    to fork-started DDP (interactive sessions) and other strategy names keep Lightning's
+    defaults.
+    """
     t = cfg.trainer
     ckpt_dir = out / CKPT_DIR
-    every = ModelCheckpoint(
-        dirpath=ckpt_dir,
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
-        enable_version_counter=False,
-    )
-    on_error = SaveOnException(ckpt_dir / LAST)
-    return Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=t.strategy,
-        precision=resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator),  # type: ignore[arg-type]
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        limit_train_batches=t.limit_train_batches,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        log_every_n_steps=t.log_every_n_steps,
-        deterministic=t.deterministic,
-        logger=logger,
-        callbacks=[every, on_error, *callbacks],
-        use_distributed_sampler=False,
-        default_root_dir=str(out),
-        enable_model_summary=False,
-        enable_progress_bar=sys.stderr.isatty(),
-    )
+
+    def make(strategy: str | Strategy) -> Trainer:
+        every = ModelCheckpoint(
+            dirpath=ckpt_dir,
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=cfg.checkpoint_every_n_steps,
+            enable_version_counter=False,
+        )
+        on_error = SaveOnException(ckpt_dir / LAST)
+        return Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=strategy,
+            precision=resolve_precision(t.precision, t.accelerator),  # type: ignore[arg-type]
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            limit_train_batches=t.limit_train_batches,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            log_every_n_steps=t.log_every_n_steps,
+            deterministic=t.deterministic,
+            logger=logger,
+            callbacks=[every, on_error, *callbacks],  # a new list: Lightning extends it
+            use_distributed_sampler=False,
+            default_root_dir=str(out),
+            enable_model_summary=False,
+            enable_progress_bar=sys.stderr.isatty(),
+        )
+
+    if t.strategy == "ddp":
+        return make(ddp_strategy(cfg))
+    trainer = make(t.strategy)
+    resolved = trainer.strategy
+    if (
+        t.strategy == "auto"
+        and type(resolved) is DDPStrategy
+        and not (resolved.launcher is not None and resolved.launcher.is_interactive_compatible)
+    ):
+        trainer = make(ddp_strategy(cfg))
+    return trainer
 
 
 def _inputs(cfg: PretrainConfig) -> list[str]:
@@ -260,8 +288,10 @@ def train(
     throughput = ThroughputMonitor(batch_size_fn=n_samples)
     trainer = build_trainer(cfg, out, run.logger, [throughput, sync, *(callbacks or [])])
     cpu_threads_per_process(trainer)
-    log.info("pretrain-%s on %s, %d process(es), precision %s", cfg.level,
-             trainer.strategy.root_device, trainer.world_size, trainer.precision)  # fmt: skip
+    device = trainer.strategy.root_device
+    fp32 = set_fp32_matmul(device, cfg.trainer.tf32)
+    log.info("pretrain-%s on %d process(es): %s", cfg.level, trainer.world_size,
+             describe_device(device, str(trainer.precision), fp32))  # fmt: skip
     start_step, t0 = trainer.global_step, time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
     seconds = time.perf_counter() - t0

@@ -1,4 +1,4 @@
-"""cuCIM backend: multi-threaded CPU decoding of SVS / tiled TIFF, and GPU decoding with CUDA."""
+"""cuCIM backend: multi-threaded CPU decoding of SVS / tiled TIFF, and batched GPU decoding."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hipt.errors import SlideError, one_line
-from hipt.slides.readers import READERS, BaseReader, whiten_outside
+from hipt.slides.readers import READERS, BaseReader, whiten_outside, whiten_outside_chw
 from hipt.slides.tiff_probe import TiffProbe, TileChecker
 
 if TYPE_CHECKING:
@@ -197,15 +197,7 @@ class CuCIMReader(BaseReader):
         self, locs: list[tuple[int, int]], level: int, width: int, height: int, workers: int
     ) -> Iterator[np.ndarray]:
         for start in range(0, len(locs), _CHUNK):
-            chunk = locs[start : start + _CHUNK]
-            error: SlideError | None = None
-            for i, (x, y) in enumerate(chunk):
-                try:
-                    if self._inside_box(x, y, level, width, height) is not None:
-                        self._check_tiles(x, y, level, width, height)
-                except SlideError as err:
-                    chunk, error = chunk[:i], err
-                    break
+            chunk, error = self._checked_chunk(locs[start : start + _CHUNK], level, width, height)
             if len(chunk) == 1 or workers == 1 or self._larger_than_level(level, width, height):
                 for x, y in chunk:
                     yield self.read_region(x, y, level, width, height)
@@ -219,52 +211,106 @@ class CuCIMReader(BaseReader):
             if error is not None:
                 raise error
 
-    def read_region_tensor(
+    def read_regions_tensor(
         self,
-        x: int,
-        y: int,
+        locations: Sequence[tuple[int, int]],
         level: int,
         width: int,
         height: int,
-        device: str | torch.device = "cpu",
-    ) -> torch.Tensor:
-        """On CUDA, decode on the GPU (nvJPEG) and hand the buffer to torch without a host copy.
+        device: str | torch.device,
+        num_workers: int = 2,
+        batch_size: int = 4,
+    ) -> Iterator[torch.Tensor]:
+        """On CUDA, decode batches of regions on the GPU with cuCIM's batch loader.
 
-        Falls back to CPU decoding plus a copy, with one warning, when GPU decoding fails (for
-        example when cuCIM's CUDA dependencies are not installed).
+        ``read_region(locations, size, level, num_workers, batch_size, device="cuda")``
+        decodes ``batch_size`` regions per call (nvJPEG; nvImageCodec with ``cuslide2``)
+        straight into GPU memory; each region is copied out of the loader's recycled buffer.
+        Tiles are checked for damage a chunk ahead, as on CPU. Reads larger than the level
+        (cuCIM refuses them) are read on CPU without a warning. When GPU decoding is not
+        available (one warning) or GPU memory runs out (one warning), the rest is decoded on
+        CPU and copied: the slide does not fail.
         """
         import torch
 
         dev = torch.device(device)
-        if dev.type != "cuda" or self._gpu_ok is False:
-            return super().read_region_tensor(x, y, level, width, height, device)
-        x, y, level, width, height = self._check_args(x, y, level, width, height)
-        box = self._inside_box(x, y, level, width, height)
-        if box is not None:
-            self._check_tiles(x, y, level, width, height)
+        self._check_args(0, 0, level, width, height)
+        locs = [(int(x), int(y)) for x, y in locations]
+        cpu = dev.type != "cuda" or self._gpu_ok is False
+        if cpu or self._larger_than_level(level, width, height):
+            yield from super().read_regions_tensor(locs, level, width, height, dev, num_workers)
+            return
         index = dev.index if dev.index is not None else torch.cuda.current_device()
+        done = 0
         try:
-            region = self._img.read_region((x, y), (width, height), level, device=f"cuda:{index}")
-            # __cuda_array_interface__: zero-copy; torch holds a reference to the cuCIM buffer.
-            hwc = torch.as_tensor(region, device=dev)
-        except (RuntimeError, ValueError, TypeError) as err:
-            log.warning("%s: cuCIM GPU decoding unavailable (%s); decoding on CPU instead",
-                        self.path, one_line(err))  # fmt: skip
-            self._gpu_ok = False
-            return super().read_region_tensor(x, y, level, width, height, device)
-        self._gpu_ok = True
-        hwc = hwc[..., :3]
-        if box is None:
-            hwc = torch.full_like(hwc, 255)
-        else:
-            c0, r0, c1, r1 = box
-            if (c0, r0, c1, r1) != (0, 0, width, height):
-                hwc = hwc.clone()
-                hwc[:r0] = 255
-                hwc[r1:] = 255
-                hwc[:, :c0] = 255
-                hwc[:, c1:] = 255
-        return hwc.permute(2, 0, 1).contiguous()
+            for start in range(0, len(locs), _CHUNK):
+                chunk, error = self._checked_chunk(locs[start : start + _CHUNK], level, width,
+                                                   height)  # fmt: skip
+                for region in self._gpu_batches(chunk, level, width, height, index, dev,
+                                                num_workers, batch_size):  # fmt: skip
+                    done += 1
+                    yield region
+                if error is not None:
+                    raise error
+        except (MemoryError, RuntimeError, ValueError, TypeError) as err:
+            oom = isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+            why = "GPU memory is exhausted" if oom else "cuCIM GPU decoding is unavailable"
+            log.warning("%s: %s (%s); decoding the rest on CPU", self.path, why, one_line(err))
+            if not oom:  # GPU decoding is broken for good; memory may free up for the next slide
+                self._gpu_ok = False
+            yield from super().read_regions_tensor(locs[done:], level, width, height, dev,
+                                                   num_workers)  # fmt: skip
+
+    def _checked_chunk(
+        self, chunk: list[tuple[int, int]], level: int, width: int, height: int
+    ) -> tuple[list[tuple[int, int]], SlideError | None]:
+        """The locations before the first damaged one, and its error (or None)."""
+        for i, (x, y) in enumerate(chunk):
+            try:
+                if self._inside_box(x, y, level, width, height) is not None:
+                    self._check_tiles(x, y, level, width, height)
+            except SlideError as err:
+                return chunk[:i], err
+        return chunk, None
+
+    def _gpu_batches(
+        self,
+        chunk: list[tuple[int, int]],
+        level: int,
+        width: int,
+        height: int,
+        index: int,
+        dev: torch.device,
+        workers: int,
+        batch_size: int,
+    ) -> Iterator[torch.Tensor]:
+        """One cuCIM batch-loader pass over ``chunk``: ``[3, H, W]`` copies on ``dev``."""
+        if not chunk:
+            return
+        loader = self._img.read_region(chunk, (width, height), level, num_workers=max(1, workers),
+                                       batch_size=max(1, batch_size), drop_last=False,
+                                       device=f"cuda:{index}")  # fmt: skip
+        pos = 0
+        for batch in loader:
+            hwc = self._on_device(batch, dev)
+            hwc = hwc.unsqueeze(0) if hwc.ndim == 3 else hwc
+            for k in range(hwc.shape[0]):
+                x, y = chunk[pos]
+                pos += 1
+                chw = hwc[k, :, :, :3].permute(2, 0, 1).contiguous()  # a copy
+                self._gpu_ok = True
+                yield whiten_outside_chw(chw, self._inside_box(x, y, level, width, height))
+
+    @staticmethod
+    def _on_device(batch: Any, dev: torch.device) -> torch.Tensor:
+        """A loader batch as a tensor on ``dev``.
+
+        A view through ``__cuda_array_interface__``: no copy; the loader recycles the buffer
+        on its next step.
+        """
+        import torch
+
+        return torch.as_tensor(batch, device=dev)
 
     def close(self) -> None:
         """Close the cuCIM image and the tile checker."""

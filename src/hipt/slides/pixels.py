@@ -6,6 +6,7 @@ the pixels an encoder saw during extraction are bit for bit the pixels a heatmap
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -81,6 +82,24 @@ def read_region(
     else:
         img = reader.read_region_tensor(int(x), int(y), level, s, s, device=device)
     return resize_region(img, geometry.region_px)
+
+
+def read_regions(
+    reader: SlideReader,
+    geometry: SlideGeometry,
+    coords: list[tuple[int, int]],
+    device: str | torch.device,
+    num_workers: int = 2,
+    batch_size: int = 4,
+) -> Iterator[Tensor]:
+    """:func:`read_region` of many regions on ``device``, in order.
+
+    Decoded in GPU batches where the reader can
+    (:meth:`~hipt.slides.readers.SlideReader.read_regions_tensor`).
+    """
+    s, level = geometry.read_size, geometry.read_level
+    for img in reader.read_regions_tensor(coords, level, s, s, device, num_workers, batch_size):
+        yield resize_region(img, geometry.region_px)
 
 
 def read_region_hwc(reader: SlideReader, geometry: SlideGeometry, x: int, y: int) -> np.ndarray:

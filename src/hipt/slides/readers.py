@@ -84,6 +84,19 @@ class SlideReader(Protocol):
         """uint8 ``[3, height, width]`` region on ``device``."""
         ...
 
+    def read_regions_tensor(
+        self,
+        locations: Sequence[tuple[int, int]],
+        level: int,
+        width: int,
+        height: int,
+        device: str | torch.device,
+        num_workers: int = 2,
+        batch_size: int = 4,
+    ) -> Iterator[torch.Tensor]:
+        """uint8 ``[3, height, width]`` regions on ``device``, in order (GPU batch decode)."""
+        ...
+
     def thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
         """Whole-slide RGB thumbnail and its level-0 px per thumbnail px."""
         ...
@@ -225,6 +238,31 @@ class BaseReader(abc.ABC):
         region = torch.from_numpy(self.read_region(x, y, level, width, height))
         return region.permute(2, 0, 1).contiguous().to(device)
 
+    def read_regions_tensor(
+        self,
+        locations: Sequence[tuple[int, int]],
+        level: int,
+        width: int,
+        height: int,
+        device: str | torch.device,
+        num_workers: int = 2,
+        batch_size: int = 4,
+    ) -> Iterator[torch.Tensor]:
+        """Regions as uint8 ``[3, height, width]`` tensors on ``device``, in order.
+
+        Here: decoded on CPU (``read_regions``' threads) and copied; the cuCIM backend decodes
+        batches on the GPU instead. ``batch_size`` is its regions per GPU decode call.
+        """
+        import torch
+
+        for region in self.read_regions(locations, level, width, height, num_workers):
+            yield self._upload(torch.from_numpy(region).permute(2, 0, 1), device)
+
+    @staticmethod
+    def _upload(chw: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+        """A CPU-decoded ``[3, H, W]`` region, contiguous on ``device``."""
+        return chw.to(device).contiguous()
+
     def thumbnail(self, max_size: int = 2048) -> tuple[np.ndarray, float]:
         """Whole-slide thumbnail whose longer side is at most ``max_size``.
 
@@ -324,6 +362,18 @@ def whiten_outside(region: np.ndarray, box: tuple[int, int, int, int]) -> np.nda
     region[r1:] = 255
     region[:, :c0] = 255
     region[:, c1:] = 255
+    return region
+
+
+def whiten_outside_chw(region: torch.Tensor, box: tuple[int, int, int, int] | None) -> torch.Tensor:
+    """:func:`whiten_outside` for a ``[3, H, W]`` tensor (in place; ``None``: all outside)."""
+    if box is None:
+        return region.fill_(255)
+    c0, r0, c1, r1 = box
+    region[:, :r0] = 255
+    region[:, r1:] = 255
+    region[:, :, :c0] = 255
+    region[:, :, c1:] = 255
     return region
 
 
