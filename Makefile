@@ -11,8 +11,8 @@ ARGS = $(MAKEOVERRIDES)
 export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
-.PHONY: help setup setup-gpu setup-browser test test-all test-gpu gpu-check lint typecheck format tile pretrain-256 pretrain-4k extract-features finetune predict heatmap demo \
-	bench bench-tile bench-roi bench-models bench-extract
+.PHONY: help setup setup-gpu setup-browser test test-all test-gpu gpu-check lint typecheck format tile pretrain-256 pretrain-4k extract-features encode-4k finetune predict heatmap pipeline demo \
+	bench bench-tile bench-roi bench-models bench-extract bench-shards
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -74,6 +74,9 @@ extract-features: setup ## cache ViT-256/ViT-4K features in Zarr: make extract-f
 pretrain-4k: setup ## DINO ViT-4K on [384,16,16] feature grids: make pretrain-4k FEATURES=<stores> OUT=<folder>
 	$(PY) -m pipelines.pretrain level=4k $(ARGS)
 
+encode-4k: setup ## recompute feats4k from the cached grids with a new ViT-4K (no slide read): make encode-4k FEATURES=<stores> CHECKPOINT4K=<file>
+	$(PY) -m pipelines.encode_4k $(ARGS)
+
 finetune: setup ## patient-level k-fold heads: make finetune TASK=subtype|stage|survival|response COHORT=<csv> FEATURES=<stores> OUT=<folder>
 	$(PY) -m pipelines.finetune $(ARGS)
 
@@ -83,10 +86,13 @@ predict: setup ## apply trained slide models to a new cohort: make predict MODEL
 heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zarr> [MODEL=<fold dir>] OUT=<folder>
 	$(PY) -m pipelines.heatmap $(ARGS)
 
+pipeline: setup ## a cohort through every stage, resumable: make pipeline SLIDES=<folder|csv> COHORT=<csv> OUT=<folder> TASKS=subtype,survival [CHECKPOINT256= CHECKPOINT4K= PRETRAIN=none|4k|both dry_run=true]
+	$(PY) -m pipelines.pipeline $(ARGS)
+
 demo: setup ## every stage on a generated cohort of real tissue (~4 min on 2 CPU cores); report in data/demo/report.md
 	$(PY) -m pipelines.demo $(ARGS)
 
-bench: bench-tile bench-roi bench-models bench-extract ## every benchmark, each against its baseline in the same process
+bench: bench-tile bench-roi bench-models bench-extract bench-shards ## every benchmark, each against its baseline in the same process
 
 bench-tile: setup ## regions/s of our reader vs a CLAM-style OpenSlide loop; peak RSS vs slide size
 	$(PY) benchmarks/bench_tile.py $(ARGS)
@@ -99,3 +105,6 @@ bench-models: setup ## ViT-256 images/s vs an explicit-attention ViT-S/16; fract
 
 bench-extract: setup ## extraction regions/s vs an official-HIPT-style loop (same weights): make bench-extract [tiny=true regions=2]
 	$(PY) benchmarks/bench_extract.py $(ARGS)
+
+bench-shards: setup ## regions per rank (max/mean) of the balanced slide deal vs round-robin on a skewed cohort: make bench-shards [tiles=<tile out>]
+	$(PY) benchmarks/bench_shards.py $(ARGS)

@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
-import subprocess
 import sys
 from collections.abc import Sequence
 
 from hipt.cli import main_guard, run_stage
 from hipt.demo.config import DemoConfig
+from pipelines.launch import as_process, in_process
+
+__all__ = ["as_process", "in_process", "main", "run"]
 
 SHORTCUTS = {"OUT": "out", "SEED": "seed"}
-
-
-def in_process(module: str, argv: list[str]) -> int:
-    """Run ``pipelines.<module>.main(argv)`` in this process (no interpreter start per stage)."""
-    return int(importlib.import_module(f"pipelines.{module}").main(argv))
-
-
-def as_process(module: str, argv: list[str]) -> int:
-    """Run ``python -m pipelines.<module> argv`` as a child process."""
-    return subprocess.run(
-        [sys.executable, "-m", f"pipelines.{module}", *argv], check=False
-    ).returncode
 
 
 def run(cfg: DemoConfig) -> int:

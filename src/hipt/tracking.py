@@ -29,6 +29,14 @@ def resolve_mode(cfg: WandbConfig) -> str:
     return mode
 
 
+def keep_wandb_files_in(save_dir: Path) -> None:
+    """Point W&B's per-user folders (see :data:`RUN_LOCAL_DIRS`) under ``save_dir/wandb``."""
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for var, sub in RUN_LOCAL_DIRS.items():
+        if var not in _USER_SET:
+            os.environ[var] = str((save_dir / "wandb" / sub).resolve())
+
+
 def create_logger(
     cfg: WandbConfig,
     stage: str,
@@ -55,10 +63,7 @@ def create_logger(
     mode = resolve_mode(cfg)
     os.environ.setdefault("WANDB_SILENT", "true")  # keep wandb's banner out of stage logs
     save_dir = Path(cfg.dir) if cfg.dir else Path(out_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    for var, sub in RUN_LOCAL_DIRS.items():
-        if var not in _USER_SET:
-            os.environ[var] = str((save_dir / "wandb" / sub).resolve())
+    keep_wandb_files_in(save_dir)
     config = to_container(run_config) if run_config is not None else None
     logger = WandbLogger(
         name=name or stage,

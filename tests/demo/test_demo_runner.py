@@ -23,6 +23,7 @@ DONE = {
     "tile": "regions.parquet",
     "pretrain": "backbone.safetensors",
     "extract_features": "summary.json",
+    "encode_4k": "summary.json",
     "finetune": "summary.csv",
     "heatmap": "index.html",
     "predict": "summary.json",
@@ -82,9 +83,9 @@ def test_second_run_skips_everything_and_changes_rerun_downstream(demo_root):
     fake = FakeStages()
     assert run_demo(_cfg(demo_root), fake) == 0
     modules = [m for m, _ in fake.calls]
-    assert modules[:4] == ["tile", "pretrain", "extract_features", "pretrain"]
+    assert modules[:5] == ["tile", "pretrain", "extract_features", "pretrain", "encode_4k"]
     n_finetune = (1 + 3) * 4 + 4  # headline model + 3 shuffled-label controls, abmil without
-    assert modules[4:] == ["finetune"] * n_finetune + ["heatmap"] * 2
+    assert modules[5:] == ["finetune"] * n_finetune + ["heatmap"] * 2
     assert all("wandb.group=demo-" in " ".join(a) for a in fake.argv)
     report = (demo_root / "report.md").read_text()
     assert "| tile | 1 ran, 0 up to date |" in report
@@ -97,7 +98,7 @@ def test_second_run_skips_everything_and_changes_rerun_downstream(demo_root):
     changed = FakeStages()
     assert run_demo(_cfg(demo_root, "stages.pretrain_4k=[trainer.max_steps=7]"), changed) == 0
     modules = [m for m, _ in changed.calls]
-    assert modules[0] == "pretrain" and changed.calls[0][1] == "pretrain_4k"
+    assert modules[:2] == ["pretrain", "encode_4k"] and changed.calls[0][1] == "pretrain_4k"
     assert "tile" not in modules and "extract_features" not in modules
     assert modules.count("finetune") == n_finetune and modules.count("heatmap") == 2
 

@@ -96,14 +96,19 @@ def _jobs(sizes: list[int], folder: str = "") -> list[SlideTiles]:
 
 @given(st.lists(st.integers(1, 50), min_size=0, max_size=20), st.integers(1, 5))
 def test_shards_are_disjoint_cover_and_balanced(sizes: list[int], world: int):
-    """Round-robin by size: every slide on exactly one rank; rank loads differ by at most the
-    largest slide."""
+    """Balanced by region count: every slide on exactly one rank; rank loads differ by at most
+    the largest slide; shards do not depend on the order the slides are listed in."""
     jobs = _jobs(sizes)
     todo = list(range(len(jobs)))
     shards = [shard(jobs, todo, r, world) for r in range(world)]
     assert sorted(i for s in shards for i in s) == todo
     loads = [sum(sizes[i] for i in s) for s in shards]
     assert max(loads) - min(loads) <= max(sizes, default=0)
+    rev = list(reversed(jobs))  # another listing order, the same slides: the same shards
+    names = [sorted(jobs[i].slide_id for i in s) for s in shards]
+    assert [
+        sorted(rev[i].slide_id for i in shard(rev, todo, r, world)) for r in range(world)
+    ] == names
 
 
 def _meta(**kw: object) -> FeatureStoreMeta:

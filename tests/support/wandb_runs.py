@@ -101,3 +101,23 @@ def _read_once(run_dir: Path) -> dict[str, Any]:
 def find_offline_runs(folder: str | Path) -> list[Path]:
     """Offline run folders under ``folder`` (searched recursively), oldest first."""
     return sorted(Path(folder).rglob("offline-run-*"), key=lambda p: p.name)
+
+
+def read_artifacts(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The artifacts an offline run logged: type, name, aliases, metadata and manifest paths."""
+    logs = sorted(Path(run_dir).glob("*.wandb"))
+    if not logs:
+        raise FileNotFoundError(f"no .wandb file in {run_dir}")
+    found = []
+    for raw in _records(logs[0]):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") != "artifact":
+            continue
+        art = rec.artifact
+        found.append({
+            "type": art.type, "name": art.name, "aliases": list(art.aliases),
+            "digest": art.digest, "metadata": json.loads(art.metadata or "{}"),
+            "files": {e.path: (e.digest, e.ref) for e in art.manifest.contents},
+        })  # fmt: skip
+    return found

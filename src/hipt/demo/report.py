@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from hipt.io import atomic_write_text
+from hipt.pipeline.engine import StepTiming
 
 if TYPE_CHECKING:
     from hipt.demo.steps import Plan
@@ -30,6 +30,7 @@ STAGE_ORDER = (
     "pretrain-256",
     "extract",
     "pretrain-4k",
+    "encode-4k",
     "finetune",
     "external",
     "predict",
@@ -37,25 +38,6 @@ STAGE_ORDER = (
 )
 PLOTS = ("roc.png", "confusion.png", "km.png")
 CONTROL = "shuffled-label control (permutations x folds)"
-
-
-@dataclasses.dataclass
-class StepTiming:
-    """How long a step took.
-
-    Attributes:
-        name: step name.
-        stage: report group.
-        status: ``ran`` or ``skipped`` (up to date).
-        seconds: wall time in this invocation.
-        last_run_seconds: wall time of the run that made the current outputs.
-    """
-
-    name: str
-    stage: str
-    status: str
-    seconds: float
-    last_run_seconds: float
 
 
 def fold_values(summary_csv: Path, metric: str) -> list[float]:

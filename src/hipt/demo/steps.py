@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +9,10 @@ import pandas as pd
 
 from hipt.demo.cohort import SAMPLE_ID, CohortFiles
 from hipt.demo.config import DemoConfig
+from hipt.pipeline.config import PipelineConfig
+from hipt.pipeline.engine import BACKBONE, Step, order_steps
+from hipt.pipeline.plan import GIVEN, PipelinePlan
 
-BACKBONE = "backbone.safetensors"  # what the pretrain stage exports (documented stage output)
 #: The demo's stage folders (under ``out``): everything made from the cohort.
 STAGE_FOLDERS = (
     "tile",
@@ -27,34 +28,14 @@ EXTERNAL = "external"
 HEATMAP_TASK = "subtype"
 
 
+def as_settings(args: list[str]) -> dict[str, str]:
+    """``["model.name=x", "heads=[0]"]`` -> ``{"model.name": "x", "heads": "[0]"}`` (in order)."""
+    return dict(a.split("=", 1) for a in args)
+
+
 def control_name(task: str, shuffle: int | None) -> str:
     """Folder name of a finetune run: ``<task>``, or ``<task>-shuffled-<n>`` for control ``n``."""
     return task if shuffle is None else f"{task}-shuffled-{shuffle}"
-
-
-@dataclasses.dataclass
-class Step:
-    """One stage run of the demo.
-
-    Attributes:
-        name: unique step name, also its provenance file (``provenance/<name>.json``).
-        stage: report group (``tile``, ``pretrain-256``, ``extract``, ...).
-        module: ``pipelines.<module>`` entry point.
-        argv: ``key=value`` arguments that define the result (hashed into the step key).
-        out: the stage's output folder.
-        done_file: the stage's own completion marker inside ``out``.
-        upstream: names of the steps whose outputs this one reads.
-        policy: extra arguments that say *how* to run, not what (e.g. ``overwrite=true``).
-    """
-
-    name: str
-    stage: str
-    module: str
-    argv: list[str]
-    out: Path
-    done_file: str
-    upstream: list[str]
-    policy: list[str] = dataclasses.field(default_factory=list)
 
 
 class Plan:
@@ -78,64 +59,35 @@ class Plan:
         """Output folder of a stage: ``<out>/<name>``."""
         return self.root / name
 
-    def early(self) -> Iterator[Step]:
-        """Tile, pretrain-256, extract, pretrain-4k, then every finetune run."""
+    def pipeline_config(self) -> PipelineConfig:
+        """The demo as a ``make pipeline`` run: its cohort, both pretraining levels, its stages.
+
+        The demo's ``key=value`` stage overrides become the pipeline's per-stage settings.
+        """
         s = self.cfg.stages
-        tiles, features = self.folder("tile"), self.folder("features")
-        p256, p4k = self.folder("pretrain_256"), self.folder("pretrain_4k")
-        yield Step(
-            "tile",
-            "tile",
-            "tile",
-            [f"slides={self.cohort.manifest_csv}", f"out={tiles}", *self.fill(s.tile)],
-            tiles,
-            "regions.parquet",
-            ["cohort"],
+        return PipelineConfig(
+            slides=str(self.cohort.manifest_csv),
+            cohort=str(self.cohort.cohort_csv),
+            out=str(self.root),
+            tasks=list(self.cfg.tasks),
+            pretrain="both",
+            pretrain_256_config=s.pretrain_256_config,
+            pretrain_4k_config=s.pretrain_4k_config,
+            tile=as_settings(self.fill(s.tile)),
+            pretrain_256=as_settings(self.fill(s.pretrain_256)),
+            extract=as_settings(self.fill(s.extract)),
+            pretrain_4k=as_settings(self.fill(s.pretrain_4k)),
+            wandb=self.cfg.wandb,
         )
-        yield Step(
-            "pretrain_256",
-            "pretrain-256",
-            "pretrain",
-            [
-                f"config={s.pretrain_256_config}",
-                "level=256",
-                f"data.tiles={tiles}",
-                f"out={p256}",
-                *self.fill(s.pretrain_256),
-            ],
-            p256,
-            BACKBONE,
-            ["tile"],
-        )
-        yield Step(
-            "extract",
-            "extract",
-            "extract_features",
-            [
-                f"tiles={tiles}",
-                f"out={features}",
-                f"checkpoint256={p256 / BACKBONE}",
-                *self.fill(s.extract),
-            ],
-            features,
-            "summary.json",
-            ["tile", "pretrain_256"],
-        )
-        yield Step(
-            "pretrain_4k",
-            "pretrain-4k",
-            "pretrain",
-            [
-                f"config={s.pretrain_4k_config}",
-                "level=4k",
-                f"data.features={features}",
-                f"out={p4k}",
-                *self.fill(s.pretrain_4k),
-            ],
-            p4k,
-            BACKBONE,
-            ["extract"],
-        )
+
+    def early(self) -> Iterator[Step]:
+        """The pipeline's steps up to the region features, then every finetune run.
+
+        Those are tile, pretrain-256, extract, pretrain-4k and encode-4k, in the order their
+        inputs give.
+        """
+        steps = PipelinePlan(self.pipeline_config()).steps()
+        yield from order_steps([st for st in steps if st.module != "finetune"], given=GIVEN)
         head = self.cfg.headline_model
         for model in [head, *(m for m in self.cfg.run_models if m != head)]:
             model_args = list(self.cfg.models[model])
@@ -180,7 +132,7 @@ class Plan:
             argv,
             out,
             "summary.csv",
-            ["extract", "pretrain_4k"],
+            ["encode_4k", "pretrain_4k"],
             ["overwrite=true"],
         )
 
@@ -283,6 +235,6 @@ class Plan:
                 argv,
                 out,
                 "index.html",
-                ["extract", f"finetune_{self.cfg.headline_model}_{HEATMAP_TASK}"],
+                ["encode_4k", f"finetune_{self.cfg.headline_model}_{HEATMAP_TASK}"],
                 ["overwrite=true"],
             )

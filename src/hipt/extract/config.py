@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from hipt.config import WandbConfig, non_result
 from hipt.errors import ConfigError
@@ -124,3 +125,43 @@ def validate(cfg: ExtractConfig) -> None:
         name = getattr(cfg, key)
         if model_spec(name).kind != kind:  # an unknown name raises a ConfigError itself
             raise ConfigError(f"{key}={name} is not a {kind.replace('_', ' ')}")
+
+
+@dataclasses.dataclass
+class Encode4KConfig:
+    """Settings of ``make encode-4k``; ``conf/encode_4k.yaml`` documents the defaults.
+
+    Attributes:
+        features: folder of ``<slide_id>.zarr`` stores; each is replaced atomically.
+        checkpoint4k: the new ViT-4K weights (our ``.safetensors`` export or an official
+            DINO ``.pth``).
+        model_4k: registry name of the ViT-4K; ``None`` takes it from the export's card
+            (``vit4k_xs`` for a file without one).
+        out: where ``run.json`` / ``summary.json`` go (default ``<features>/encode_4k``).
+        batch_size: regions per ViT-4K forward.
+        accelerator: ``auto``, ``cpu`` or ``gpu``/``cuda``; the precision is each store's own.
+        overwrite: re-encode stores already made with this ViT-4K.
+        seed: extraction's seed (enters the config hash of stores with a random ViT-256).
+        wandb: Weights & Biases settings.
+    """
+
+    features: str = non_result("???")
+    checkpoint4k: str = non_result("???")
+    model_4k: str | None = None
+    out: str | None = non_result(None)
+    batch_size: int = non_result(64)
+    accelerator: str = non_result("auto")
+    overwrite: bool = non_result(False)
+    seed: int = 0
+    wandb: WandbConfig = non_result(default_factory=WandbConfig)
+
+
+def validate_encode4k(cfg: Encode4KConfig) -> None:
+    """Raise :class:`ConfigError` naming the first invalid value."""
+    for key, shortcut in (("features", "FEATURES"), ("checkpoint4k", "CHECKPOINT4K")):
+        if not str(getattr(cfg, key) or "").strip():
+            raise ConfigError(f"{key} is required ({shortcut}=<...>)")
+    if not Path(cfg.checkpoint4k).is_file():
+        raise ConfigError(f"checkpoint4k {cfg.checkpoint4k} not found")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")

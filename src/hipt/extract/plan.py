@@ -13,6 +13,7 @@ import numpy as np
 
 from hipt.features.schema import FeatureStoreMeta
 from hipt.features.store import needs_recompute, open_store, read_meta, store_path
+from hipt.shards import balanced_shards
 from hipt.slides.pixels import RESIZE
 from hipt.slides.tiles import SlideTiles
 
@@ -155,10 +156,11 @@ def make_plan(
 
 
 def shard(jobs: list[SlideTiles], todo: list[int], rank: int, world: int) -> list[int]:
-    """Slides of ``rank``: todo sorted by region count (largest first), dealt round-robin.
+    """Slides of ``rank``: ``todo`` balanced by region count (:func:`hipt.shards.balanced_shards`).
 
-    Every rank computes the same order, so the shards are disjoint and cover ``todo``; a rank
+    Every rank computes the same deal, so the shards are disjoint and cover ``todo``; a rank
     writes whole slides only, so no two ranks ever touch one store (eva #891).
     """
-    order = sorted(todo, key=lambda i: (-jobs[i].n_regions, jobs[i].slide_id))
-    return order[rank::world]
+    ordered = sorted(todo, key=lambda i: jobs[i].slide_id)  # the same order on every rank
+    deal = balanced_shards([jobs[i].n_regions for i in ordered], world)
+    return [ordered[k] for k in deal[rank]]

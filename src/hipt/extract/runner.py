@@ -18,11 +18,12 @@ from hipt.extract.config import ExtractConfig, validate
 from hipt.extract.datamodule import ExtractDataModule
 from hipt.extract.encoder import CompiledOrEager, RegionEncoder
 from hipt.extract.module import ExtractModule
-from hipt.extract.plan import EncoderInfo, Plan, expected_meta, make_plan
+from hipt.extract.plan import EncoderInfo, Plan, expected_meta, make_plan, shard
 from hipt.extract.writer import FeatureWriter, SlideResult, SlideStoreSink
 from hipt.features.schema import FeatureStoreMeta
 from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul, uses_cuda
 from hipt.provenance import git_state, sha256_file
+from hipt.shards import shard_balance
 from hipt.slides.decode import DecodePlan, resolve_decode
 from hipt.slides.tiles import SlideTiles, load_tiles, regions_file
 from hipt.stage import StageRun, is_launch_rank_zero
@@ -140,8 +141,12 @@ def _predict(
     precision: str,
     decode: DecodePlan,
     logger: Any,
-) -> list[SlideResult] | None:
-    """Run Lightning predict over ``plan.todo``; rank 0 gets every rank's results, others None."""
+) -> tuple[list[SlideResult] | None, int]:
+    """Run Lightning predict over ``plan.todo``.
+
+    Returns:
+        ``(results, world size)``: rank 0 gets every rank's results, the others None.
+    """
     vit256, vit4k = encoders
     n_todo = sum(jobs[i].n_regions for i in plan.todo)
     compiled = _want_compile(cfg, vit256, n_todo)
@@ -176,7 +181,7 @@ def _predict(
         for msg in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=msg)
         trainer.predict(module, datamodule=data, return_predictions=False)
-    return writer.all_results if trainer.is_global_zero else None
+    return (writer.all_results if trainer.is_global_zero else None), trainer.world_size
 
 
 def run(cfg: ExtractConfig) -> int:
@@ -232,9 +237,12 @@ def run(cfg: ExtractConfig) -> int:
             )  # fmt: skip
         t0 = time.perf_counter()
         results: list[SlideResult] | None = []
+        world = 1
         if plan.todo:
             encoders = (vit256, vit4k)
-            results = _predict(cfg, jobs, metas, plan, encoders, precision, decode, run.logger)
+            results, world = _predict(
+                cfg, jobs, metas, plan, encoders, precision, decode, run.logger
+            )
         if results is None:  # a DDP child: rank 0 writes the summary
             return 0
         extra = {
@@ -247,6 +255,7 @@ def run(cfg: ExtractConfig) -> int:
             "dtype": cfg.dtype,
             "skip_background": cfg.skip_background,
             "seconds": time.perf_counter() - t0,
+            "shards": _balance(jobs, plan.todo, world),
         }
         skipped = [j for j in jobs if j.slide_id in set(plan.skipped)]
         summary = _summary(results, skipped, plan.stale, extra)
@@ -259,6 +268,12 @@ def run(cfg: ExtractConfig) -> int:
         if summary["failed"]:
             run.close_logger(ok=False)
     return _report(summary, out)
+
+
+def _balance(jobs: list[SlideTiles], todo: list[int], world: int) -> dict[str, Any]:
+    """Regions per rank of this run's deal, and max/mean (1.0: no rank waits on another)."""
+    shards = [shard(jobs, todo, rank, world) for rank in range(world)]
+    return {"world_size": world, **shard_balance([j.n_regions for j in jobs], shards)}
 
 
 def _peak_gpu_memory_gb() -> float | None:

@@ -32,7 +32,8 @@ STORE_SUFFIX = ".zarr"
 R = TypeVar("R")
 
 
-def _codecs() -> dict[str, Any]:
+def store_codecs() -> dict[str, Any]:
+    """Compression and the per-chunk crc32c checksum of every store array."""
     return {"compressors": [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"), Crc32cCodec()]}
 
 
@@ -94,7 +95,7 @@ class StoreWriter:
         group = zarr.open_group(str(self.tmp), mode="w")
         rc = max(1, min(regions_per_chunk, max(m, 1)))
         d256, d4k = meta.feature_dim_256, meta.feature_dim_4k
-        kw: dict[str, Any] = {**_codecs(), "fill_value": 0}
+        kw: dict[str, Any] = {**store_codecs(), "fill_value": 0}
         self.feats256 = group.create_array(
             "feats256", shape=(m, PATCHES, d256), chunks=(rc, PATCHES, d256), dtype=meta.dtype, **kw
         )
@@ -102,9 +103,9 @@ class StoreWriter:
             "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=meta.dtype, **kw
         )
         coords = np.asarray(coords, dtype=np.int64).reshape(m, 2)
-        group.create_array("coords", data=coords, **_codecs())
+        group.create_array("coords", data=coords, **store_codecs())
         mask = np.asarray(patch_mask, dtype=bool).reshape(m, PATCHES)
-        group.create_array("patch_mask", data=mask, **_codecs())
+        group.create_array("patch_mask", data=mask, **store_codecs())
         group.attrs.update(self.meta.to_dict())
         self.group = group
         self._feats4k = np.zeros((m, d4k), dtype=np.float32)
