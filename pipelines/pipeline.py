@@ -18,6 +18,8 @@ SHORTCUTS = {
     "CHECKPOINT4K": "checkpoint4k",
     "PRETRAIN": "pretrain",
     "ANNOTATIONS": "annotations",
+    "EXTERNAL_SLIDES": "external_slides",
+    "EXTERNAL_COHORT": "external_cohort",
 }
 
 

@@ -110,7 +110,7 @@ def test_outputs_patient_level_and_resume(planted, tmp_path):
     other = ft_config(
         "subtype", planted.csv, planted.features, out, *RUNS["subtype"][0], "train.lr=1e-3"
     )
-    with pytest.raises(StaleOutputError, match="another config"):
+    with pytest.raises(StaleOutputError, match="other config"):
         run_finetune(other)
 
 
@@ -148,3 +148,27 @@ def test_pipeline_picks_task_yaml_and_wandb_offline(planted, tmp_path, monkeypat
     runs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 4, runs
     assert pipeline_main([f"OUT={out}"]) == 2
+
+
+def test_finished_folds_are_not_reused_for_other_labels(planted, tmp_path):
+    """Same config, edited labels (one patient's subtype): the finished folds are refused
+    (exit with the reason), and overwrite=true retrains them with the new labels."""
+    cohort = tmp_path / "cohort.csv"
+    cohort.write_text(planted.csv.read_text())
+    extra = ["model.name=meanpool_tiny_test", "train.max_epochs=1", "split.n_folds=2"]
+    out = tmp_path / "out"
+    run_finetune(ft_config("subtype", cohort, planted.features, out, *extra))
+    before = json.loads((out / "fold_0" / "done.json").read_text())["inputs_key"]
+
+    df = pd.read_csv(cohort, dtype=str)
+    pid = df["patient_id"].iloc[0]
+    df.loc[df["patient_id"] == pid, "subtype"] = "C" if df["subtype"].iloc[0] != "C" else "A"
+    df.to_csv(cohort, index=False)
+    with pytest.raises(StaleOutputError, match="other stores or labels"):
+        run_finetune(ft_config("subtype", cohort, planted.features, out, *extra))
+    run_finetune(ft_config("subtype", cohort, planted.features, out, *extra, "overwrite=true"))
+    assert json.loads((out / "fold_0" / "done.json").read_text())["inputs_key"] != before
+    preds = pd.concat([pd.read_csv(out / f"fold_{k}" / "predictions.csv", dtype=str)
+                       for k in range(2)])  # fmt: skip
+    new_label = df.loc[df["patient_id"] == pid, "subtype"].iloc[0]
+    assert preds.loc[preds["patient_id"] == pid, "label"].iloc[0] == new_label

@@ -43,6 +43,14 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortFiles:
 
 
 @pytest.fixture(scope="module")
+def external(tmp_path_factory: pytest.TempPathFactory) -> CohortFiles:
+    """6 other patients (another seed), for the external-cohort predictions."""
+    settings = CohortConfig(n_patients=6, slides_per_patient=[1, 1], regions=[1, 1],
+                            fine_mpp_every=0, include_sample=False)  # fmt: skip
+    return generate_cohort(tmp_path_factory.mktemp("ext") / "cohort", settings, seed=6)
+
+
+@pytest.fixture(scope="module")
 def vit256(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ViT-256 export standing in for the official weights."""
     import torch
@@ -56,8 +64,12 @@ def vit256(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def pipeline(cohort: CohortFiles, out: Path, ckpt: Path, *extra: str) -> int:
     from pipelines.pipeline import main
 
+    ext = EXTERNAL.get(out, [])  # a run keeps its external cohort (it is part of the plan)
     return main([f"SLIDES={cohort.manifest_csv}", f"COHORT={cohort.cohort_csv}", f"OUT={out}",
-                 f"CHECKPOINT256={ckpt}", *TINY, *extra])  # fmt: skip
+                 f"CHECKPOINT256={ckpt}", *TINY, *ext, *extra])  # fmt: skip
+
+
+EXTERNAL: dict[Path, list[str]] = {}
 
 
 def records(out: Path) -> dict[str, dict]:
@@ -65,14 +77,18 @@ def records(out: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def first_run(cohort, vit256, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    """The first run; extraction and pretraining start through a recording launcher prefix
-    (as `launcher=srun` would start them), the other steps in this process."""
+def first_run(cohort, external, vit256, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
+    """The first run, with an external cohort; extraction and pretraining start through a
+    recording launcher prefix (as `launcher=srun` would start them), the rest in-process."""
     out = tmp_path_factory.mktemp("run") / "out"
     log = out.parent / "launched.txt"
     recorder = Path(__file__).parents[1] / "support" / "launch_recorder.py"
-    assert pipeline(cohort, out, vit256, f"launcher={sys.executable} {recorder} {log}") == 0
-    assert log.read_text().split() == ["pipelines.extract_features", "pipelines.pretrain"]
+    ext = [f"EXTERNAL_SLIDES={external.manifest_csv}", f"EXTERNAL_COHORT={external.cohort_csv}"]
+    launcher = f"launcher={sys.executable} {recorder} {log}"
+    EXTERNAL[out] = ext
+    assert pipeline(cohort, out, vit256, launcher) == 0
+    assert log.read_text().split() == ["pipelines.extract_features", "pipelines.pretrain",
+                                       "pipelines.extract_features"]  # fmt: skip
     return out, records(out)
 
 
@@ -92,7 +108,15 @@ def test_every_stage_runs_in_dependency_order_and_stores_carry_the_new_vit4k(fir
     for task in ("subtype", "survival"):
         drawn = sorted((out / "heatmaps" / task).glob("*/index.html"))
         assert len(drawn) == 2, drawn  # the highest- and the lowest-scored patient
+    for task in ("subtype", "survival"):  # the external cohort: after its task's finetune
+        assert recs[f"predict_{task}"]["upstream"].keys() >= {"external_extract",
+                                                              f"finetune_{task}"}  # fmt: skip
+        preds = (out / "external" / "predict" / task / "predictions.csv").read_text()
+        assert len(preds.splitlines()) == 1 + 6
+    ext_store = next((out / "external" / "features").glob("*.zarr"))
+    assert read_meta(ext_store).checkpoint_4k_sha256 == sha  # type: ignore[union-attr]
     report = (out / "report.md").read_text()
+    assert "## subtype: external cohort" in report
     assert "## subtype: test-fold metrics" in report and "auroc" in report
     assert "## survival: test-fold metrics" in report and "c_index" in report
 

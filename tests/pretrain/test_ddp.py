@@ -41,11 +41,17 @@ def test_two_process_ddp_matches_one_process_with_the_global_batch(
     assert res.returncode == 0, res.stderr[-3000:]
     assert main(_args(stores_dir, tmp_path / "one", 4)) == 0
 
-    run = json.loads((tmp_path / "ddp/run.json").read_text())["extra"]
+    assert_same_training(tmp_path / "ddp", tmp_path / "one")
+
+
+def assert_same_training(multi: Path, one: Path) -> None:
+    """A 2-process run (global batch 4) ended with identical weights on both ranks, equal to
+    the 1-process run's with batch 4."""
+    run = json.loads((multi / "run.json").read_text())["extra"]
     assert run["world_size"] == 2 and run["global_batch"] == 4
     assert len(run["rank_digests"]) == 2 and len(set(run["rank_digests"])) == 1
-    ddp = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    one = torch.load(tmp_path / "one/checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    assert ddp.keys() == one.keys()
-    for k, v in one.items():
-        torch.testing.assert_close(ddp[k], v, rtol=1e-4, atol=1e-5, msg=k)
+    got = torch.load(multi / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    want = torch.load(one / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-5, msg=k)

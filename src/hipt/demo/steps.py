@@ -139,8 +139,9 @@ class Plan:
     def external(self) -> Iterator[Step]:
         """The external cohort's steps.
 
-        Tile and extract it as the training cohort, then predict it with the headline model's
-        fold models, task by task.
+        Tile and extract it with the training cohort's encoders (both pretrained backbones:
+        it comes after pretrain-4k, so its ``feats4k`` need no re-encoding), then predict it
+        with the headline model's fold models, task by task.
         """
         ext = self.external_cohort
         if ext is None:
@@ -149,6 +150,7 @@ class Plan:
         root = self.root / EXTERNAL
         tiles, features = root / "tile", root / "features"
         p256 = self.folder("pretrain_256") / BACKBONE
+        p4k = self.folder("pretrain_4k") / BACKBONE
         yield Step(
             "external_tile",
             "external",
@@ -162,10 +164,16 @@ class Plan:
             "external_extract",
             "external",
             "extract_features",
-            [f"tiles={tiles}", f"out={features}", f"checkpoint256={p256}", *self.fill(s.extract)],
+            [
+                f"tiles={tiles}",
+                f"out={features}",
+                f"checkpoint256={p256}",
+                f"checkpoint4k={p4k}",
+                *self.fill(s.extract),
+            ],  # fmt: skip
             features,
             "summary.json",
-            ["external_tile", "pretrain_256"],
+            ["external_tile", "pretrain_256", "pretrain_4k"],
         )
         for task in self.cfg.tasks:
             out = root / "predict" / task

@@ -150,15 +150,7 @@ def new_meta(meta: FeatureStoreMeta, enc: Encoder4K, code_version: str | None) -
     info = encoder_info(meta, enc.name, enc.sha256, enc.dim, enc.seed)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     return dataclasses.replace(
-        meta,
-        model_4k=enc.name,
-        checkpoint_4k_sha256=enc.sha256,
-        feature_dim_4k=enc.dim,
-        random_weights=info.random_weights,
-        config_hash=info.config_hash(),
-        code_version=code_version,
-        created_at=now,
-        complete=True,
+        meta, **info.store_fields(), code_version=code_version, created_at=now, complete=True
     )
 
 

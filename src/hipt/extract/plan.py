@@ -52,6 +52,12 @@ class EncoderInfo:
         """True when either encoder has no checkpoint."""
         return self.checkpoint_256_sha256 is None or self.checkpoint_4k_sha256 is None
 
+    def store_fields(self) -> dict[str, Any]:
+        """The store metadata fields that record these encoders (and their config hash)."""
+        fields = dataclasses.asdict(self)
+        fields.pop("seed")
+        return {**fields, "random_weights": self.random_weights, "config_hash": self.config_hash()}
+
     def config_hash(self) -> str:
         """sha256 of everything that changes feature values (the seed only for random weights)."""
         data = dataclasses.asdict(self)
@@ -69,21 +75,9 @@ def expected_meta(
     """The metadata a store of ``job`` made now would carry (before completion)."""
     return FeatureStoreMeta(
         **FeatureStoreMeta.geometry_fields(job.geometry),
+        **enc.store_fields(),
         source_size_bytes=job.source_size(),
-        model_256=enc.model_256,
-        model_4k=enc.model_4k,
-        checkpoint_256_sha256=enc.checkpoint_256_sha256,
-        checkpoint_4k_sha256=enc.checkpoint_4k_sha256,
-        random_weights=enc.random_weights,
-        feature_dim_256=enc.feature_dim_256,
-        feature_dim_4k=enc.feature_dim_4k,
         tiling_config_hash=job.tiling_key(tiling_hash),
-        dtype=enc.dtype,
-        skip_background=enc.skip_background,
-        precision=enc.precision,
-        fp32_matmul=enc.fp32_matmul,
-        decode=enc.decode,
-        config_hash=enc.config_hash(),
         code_version=code_version,
         n_regions=job.n_regions,
     )

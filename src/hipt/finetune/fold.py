@@ -216,12 +216,13 @@ def train_fold(
     return FoldResult(k, metrics, frame, runtime, fold_info)
 
 
-def write_done(out: Path, result: FoldResult, config_hash: str) -> None:
-    """Mark fold finished: metrics, runtime and the config hash that produced it."""
+def write_done(out: Path, result: FoldResult, config_hash: str, inputs_key: str = "") -> None:
+    """Mark fold finished: metrics, runtime, the config hash and the inputs that produced it."""
     atomic_write_json(
         out / f"fold_{result.fold}" / "done.json",
         {
             "config_hash": config_hash,
+            "inputs_key": inputs_key,
             "metrics": result.metrics,
             "runtime_s": result.runtime_s,
             **result.info,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from typing import Any
@@ -130,6 +132,16 @@ def _bag_reader(
     return BagReader(stores, plan.kind, cfg.data.cache_gb)
 
 
+def inputs_key(cohort: Cohort, patients: pd.DataFrame) -> str:
+    """What a fold learns from besides its config: the stores' provenance and the labels.
+
+    A finished fold is reused only when both are unchanged: stores re-encoded with another
+    ViT-4K (``make encode-4k``) or an edited cohort CSV retrain it even under the same config.
+    """
+    blob = json.dumps(cohort.meta.provenance(), sort_keys=True) + patients.to_csv(index=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _run_folds(
     cfg: FinetuneConfig, task: Task, cohort: Cohort, run: StageRun, group: str
 ) -> list[FoldResult]:
@@ -160,16 +172,19 @@ def _run_folds(
     stores = cohort.slides.groupby("patient_id", sort=False)["store"].apply(list).to_dict()
     reader = _bag_reader(cfg, plan, cohort, stores)
     results = []
+    ikey = inputs_key(cohort, patients)
     for k, fold in enumerate(folds):
         prev = read_done(out, k)
-        if prev is not None and prev[0].get("config_hash") == chash:
-            log.info("fold %d: finished earlier with this config; reusing it", k)
+        same = prev is not None and prev[0].get("config_hash") == chash
+        if same and prev is not None and prev[0].get("inputs_key") == ikey:
+            log.info("fold %d: finished earlier with this config and inputs; reusing it", k)
             done, preds = prev
             results.append(FoldResult(k, done["metrics"], preds, done["runtime_s"], done))
             continue
         if prev is not None and not cfg.overwrite:
+            what = "stores or labels" if same else "config"
             raise StaleOutputError(
-                f"{out}/fold_{k} was made with another config; use overwrite=true or another out="
+                f"{out}/fold_{k} was made with other {what}; use overwrite=true or another out="
             )
         logger = _fold_logger(run, f"{group}-fold{k}", group)
         ok = False
@@ -177,7 +192,7 @@ def _run_folds(
             result = train_fold(
                 k, cfg, task, patients, fold, reader, plan, cohort.meta, out, logger, chash
             )
-            write_done(out, result, chash)
+            write_done(out, result, chash, ikey)
             ok = True
         finally:
             finish(logger, ok)

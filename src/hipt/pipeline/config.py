@@ -28,6 +28,10 @@ class PipelineConfig:
         checkpoint256: ViT-256 weights (needed unless ``pretrain=both``).
         checkpoint4k: ViT-4K weights (needed when ``pretrain=none``).
         annotations: folder of QuPath ``<slide_id>.geojson`` (regions of interest).
+        external_slides: slides of an independent cohort (folder or manifest CSV): tiled and
+            extracted with the same encoders, then predicted by every task's fold models.
+        external_cohort: its cohort CSV (labels optional: with them ``make predict`` also
+            reports metrics with bootstrap intervals).
         heatmaps: slides drawn per task: the ``heatmaps`` highest- and as many lowest-scored
             patients' first slides (0: none).
         force: rerun every step.
@@ -47,6 +51,7 @@ class PipelineConfig:
         encode_4k: overrides of encode-4k.
         finetune: overrides of every finetune run.
         finetune_tasks: further finetune overrides per task.
+        predict: overrides of the external cohort's predict runs.
         heatmap: overrides of every heatmap run.
         wandb: W&B settings handed to every stage; ``group`` defaults to ``pipeline-<hash>``.
     """
@@ -59,6 +64,8 @@ class PipelineConfig:
     checkpoint256: str | None = None
     checkpoint4k: str | None = None
     annotations: str | None = None
+    external_slides: str | None = None
+    external_cohort: str | None = None
     heatmaps: int = 2
     force: bool = non_result(False)
     dry_run: bool = non_result(False)
@@ -74,6 +81,7 @@ class PipelineConfig:
     encode_4k: dict[str, Any] = dataclasses.field(default_factory=dict)
     finetune: dict[str, Any] = dataclasses.field(default_factory=dict)
     finetune_tasks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    predict: dict[str, Any] = dataclasses.field(default_factory=dict)
     heatmap: dict[str, Any] = dataclasses.field(default_factory=dict)
     wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
@@ -110,6 +118,12 @@ def validate(cfg: PipelineConfig) -> None:
                 f"PRETRAIN={cfg.pretrain} needs {key.upper()}=<weights file> (or {what}); "
                 "random encoders give no usable features"
             )
+    if (cfg.external_slides is None) != (cfg.external_cohort is None):
+        raise ConfigError("EXTERNAL_SLIDES= and EXTERNAL_COHORT= go together (or leave both out)")
+    if cfg.external_slides is not None and not Path(cfg.external_slides).exists():
+        raise ConfigError(f"EXTERNAL_SLIDES={cfg.external_slides} does not exist")
+    if cfg.external_cohort is not None and not Path(cfg.external_cohort).is_file():
+        raise ConfigError(f"EXTERNAL_COHORT={cfg.external_cohort} is not a file")
     unknown = [t for t in cfg.finetune_tasks if t not in cfg.tasks]
     if unknown:
         raise ConfigError(f"finetune_tasks names tasks not in TASKS: {', '.join(unknown)}")

@@ -5,7 +5,8 @@ the order. The artifacts: ``slides`` and ``cohort`` (the user's), ``tiles``, ``v
 ``vit4k`` (pretrained backbones), ``feats256`` and ``feats4k`` (the stores' two arrays; with
 ``PRETRAIN=4k|both`` the second comes from ``encode-4k`` after ``pretrain-4k``, never from the
 random ViT-4K of extraction time), ``model:<task>`` (the finetuned fold models) and
-``heatmaps:<task>``.
+``heatmaps:<task>``; with an external cohort also ``external_tiles``, ``external_features``
+and ``predictions:<task>``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from hipt.pipeline.config import PipelineConfig
 from hipt.pipeline.engine import BACKBONE, Step
 
-GIVEN = ("slides", "cohort")
+GIVEN = ("slides", "cohort", "external_slides", "external_cohort")
 
 
 def as_args(overrides: dict[str, Any], prefix: str = "") -> list[str]:
@@ -70,6 +71,38 @@ class PipelinePlan:
             steps.append(self._pretrain("4k", self.features, ("feats256",)))
             steps.append(self._encode_4k())
         steps += [self._finetune(task) for task in cfg.tasks]
+        if cfg.external_slides:
+            steps += self._external()
+        return steps
+
+    def _external(self) -> list[Step]:
+        """Tile and extract the external cohort with the final encoders, predict every task."""
+        cfg, root = self.cfg, self.root / "external"
+        tiles, features = root / "tile", root / "features"
+        tile = Step("external_tile", "external", "tile",
+                    [f"slides={cfg.external_slides}", f"out={tiles}", *as_args(cfg.tile)],
+                    tiles, "regions.parquet", reads=("external_slides",),
+                    writes=("external_tiles",))  # fmt: skip
+        argv = [f"tiles={tiles}", f"out={features}"]
+        reads = ["external_tiles"]
+        for key, path, made_by in (("checkpoint256", self.checkpoint256, "vit256"),
+                                   ("checkpoint4k", self.checkpoint4k, "vit4k")):  # fmt: skip
+            if path:
+                argv.append(f"{key}={path}")
+                if Path(path).parent in (self.p256, self.p4k):
+                    reads.append(made_by)  # pretrained here: extract after it
+        extract = Step("external_extract", "external", "extract_features",
+                       [*argv, *as_args(cfg.extract)], features, "summary.json",
+                       reads=tuple(reads), writes=("external_features",))  # fmt: skip
+        steps = [tile, extract]
+        for task in cfg.tasks:
+            out = root / "predict" / task
+            argv = [f"model={self.finetune_dir(task)}", f"cohort={cfg.external_cohort}",
+                    f"features={features}", f"out={out}", *as_args(cfg.predict)]  # fmt: skip
+            steps.append(Step(f"predict_{task}", "predict", "predict", argv, out, "summary.json",
+                              policy=["overwrite=true"],
+                              reads=("external_features", "external_cohort", f"model:{task}"),
+                              writes=(f"predictions:{task}",)))  # fmt: skip
         return steps
 
     def _tile(self) -> Step:

@@ -66,8 +66,19 @@ def cohort_summary(runner: PipelineRunner) -> dict[str, Any]:
     }
 
 
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """95 % t-interval of the mean over folds (NaN for fewer than 2 folds)."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf(0.975, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return float(values.mean()) - half, float(values.mean()) + half
+
+
 def fold_metrics(summary_csv: Path) -> list[dict[str, str]]:
-    """Per metric: mean ± std over the test folds, their range and the number of folds."""
+    """Per metric: mean ± std over the test folds, the mean's 95 % t-interval, the range."""
     if not summary_csv.is_file():
         return []
     table = pd.read_csv(summary_csv, dtype={"fold": str})
@@ -80,15 +91,29 @@ def fold_metrics(summary_csv: Path) -> list[dict[str, str]]:
         if vals.empty:
             continue
         std = float(vals.std(ddof=1)) if len(vals) > 1 else math.nan
+        low, high = t_interval(vals)
         rows.append(
             {
                 "metric": col,
                 "mean ± std": f"{vals.mean():.3f} ± {std:.3f}",
+                "95% CI of the mean (t)": f"[{low:.3f}, {high:.3f}]",
                 "range": f"[{vals.min():.3f}, {vals.max():.3f}]",
                 "folds": str(len(vals)),
             }
         )
     return rows
+
+
+def external_metrics(predict_dir: Path) -> list[dict[str, str]]:
+    """The fold ensemble's metrics on the external cohort, with their bootstrap intervals."""
+    path = predict_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path)
+    ens = table[table["model"] == "ensemble"]
+    return [{"metric": str(r.metric), "patients": str(int(r.n_patients)),
+             "ensemble [95% CI]": f"{r.value:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]"}
+            for r in ens.itertuples(index=False)]  # fmt: skip
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -179,6 +204,19 @@ def write_reports(
             _html_table(rows),
             '<div class="grid">' + "".join(_figure(p, p.stem, root) for p in plots) + "</div>",
         ]
+    if runner.cfg.external_slides:
+        for task in runner.cfg.tasks:
+            pdir = root / "external" / "predict" / task
+            rows = external_metrics(pdir)
+            plots = [p for p in sorted(pdir.glob("*.png"))]
+            title = f"{task}: external cohort (`make predict`, ensemble of the folds)"
+            md += [f"## {title}", _md_table(rows) if rows else "(no labels: predictions only)"]
+            md += [f"![{p.stem}]({_rel(p, root)})" for p in plots]
+            md.append(f"Predictions: [{_rel(pdir / 'predictions.csv', root)}]"
+                      f"({_rel(pdir / 'predictions.csv', root)})")  # fmt: skip
+            html += [f"<h2>{escape(title)}</h2>", _html_table(rows),
+                     '<div class="grid">' + "".join(_figure(p, p.stem, root) for p in plots)
+                     + "</div>"]  # fmt: skip
     md.append("## Heatmaps (highest- and lowest-scored patients per task)")
     html.append(
         "<h2>Heatmaps (highest- and lowest-scored patients per task)</h2><div class='grid'>"

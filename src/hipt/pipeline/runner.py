@@ -70,11 +70,16 @@ def given_digests(cfg: PipelineConfig) -> dict[str, str]:
     A changed cohort (labels edited, patients added) reruns finetuning; added or replaced
     slides rerun tiling (which itself redoes only the slides that changed).
     """
-    slides = Path(cfg.slides)
-    return {
-        "cohort": sha256_file(cfg.cohort),
-        "slides": listing_digest(slides) if slides.is_dir() else sha256_file(slides),
-    }
+    digests = {"cohort": sha256_file(cfg.cohort), "slides": slides_digest(Path(cfg.slides))}
+    if cfg.external_slides and cfg.external_cohort:
+        digests["external_slides"] = slides_digest(Path(cfg.external_slides))
+        digests["external_cohort"] = sha256_file(cfg.external_cohort)
+    return digests
+
+
+def slides_digest(slides: Path) -> str:
+    """What identifies a slide input: a folder's listing, or a manifest's content."""
+    return listing_digest(slides) if slides.is_dir() else sha256_file(slides)
 
 
 class PipelineRunner(StepRunner):
@@ -206,10 +211,15 @@ class PipelineRunner(StepRunner):
         t0 = time.perf_counter()
         steps = self.ordered()
         finetunes = [s for s in steps if s.module == "finetune"]
+        parallel = self.jobs > 1
         for step in steps:
-            if step.module != "finetune" or self.jobs == 1:
-                self.run_step(step, self.wandb)
-        if self.jobs > 1:
+            if step.module == "finetune" and parallel:
+                continue
+            if parallel and set(step.upstream) & {s.name for s in finetunes}:
+                self.run_parallel(finetunes, self.wandb)  # everything they need is done
+                parallel = False
+            self.run_step(step, self.wandb)
+        if parallel:
             self.run_parallel(finetunes, self.wandb)
         drawn: dict[str, list[Step]] = {}
         for task in self.cfg.tasks:
