@@ -89,7 +89,7 @@ heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zar
 pipeline: setup ## a cohort through every stage, resumable: make pipeline SLIDES=<folder|csv> COHORT=<csv> OUT=<folder> TASKS=subtype,survival [CHECKPOINT256= CHECKPOINT4K= PRETRAIN=none|4k|both dry_run=true]
 	$(PY) -m pipelines.pipeline $(ARGS)
 
-demo: setup ## every stage on a generated cohort of real tissue (~4 min on 2 CPU cores); report in data/demo/report.md
+demo: setup ## every stage on a generated cohort of real tissue (~11 min on 2 CPU cores); report in data/demo/report.md
 	$(PY) -m pipelines.demo $(ARGS)
 
 bench: bench-tile bench-roi bench-models bench-extract bench-shards ## every benchmark, each against its baseline in the same process

@@ -42,8 +42,12 @@ def test_float16_error_is_bounded(tmp_path):
     rng = np.random.default_rng(1)
     f256, f4k, coords, mask = _arrays(2, rng)
     write_store(tmp_path / "h.zarr", _meta(dtype="float16"), f256, f4k, coords, mask)
-    got = open_store(tmp_path / "h.zarr").feats256()
+    store = open_store(tmp_path / "h.zarr")
+    got = store.feats256()
     assert np.max(np.abs(got - f256) / np.maximum(np.abs(f256), 1)) <= 2**-11
+    # the region features stay float32: bit-exact, whatever dtype the grids are stored in
+    assert store.group["feats4k"].dtype == np.float32
+    np.testing.assert_array_equal(store.feats4k(), f4k.astype(np.float32))
 
 
 def test_streamed_writes_and_incomplete_store_refused(tmp_path):

@@ -214,3 +214,35 @@ def test_edited_cohort_reruns_finetuning_only(first_run, cohort, vit256, capsys)
         assert " skip " in rows[step], rows[step]
     for step in ("finetune_subtype", "finetune_survival"):
         assert "upstream changed: cohort" in rows[step], rows[step]
+
+
+def test_an_unreadable_slide_is_skipped_reported_and_the_rest_goes_on(external, tmp_path):
+    """A slide folder holding one corrupt file: tiling skips it, every later step runs on the
+    others, the report names it, and the exit code is 1 now and on a rerun (which runs nothing)."""
+    import shutil
+
+    import torch
+    from pipelines.pipeline import main
+
+    from hipt.models import build, export_model
+
+    slides = tmp_path / "slides"
+    shutil.copytree(external.root / "slides", slides)
+    (slides / "broken.svs").write_bytes(b"II*\x00" + b"\x00" * 4096)
+    torch.manual_seed(0)
+    ckpts = {k: export_model(build(f"vit{k}_tiny_test"), tmp_path / f"vit{k}")
+             for k in ("256", "4k")}  # fmt: skip
+    args = [f"SLIDES={slides}", f"COHORT={external.cohort_csv}", f"OUT={tmp_path / 'out'}",
+            "TASKS=subtype", f"CHECKPOINT256={ckpts['256']}", f"CHECKPOINT4K={ckpts['4k']}",
+            "heatmaps=0",
+            *[a for a in TINY if a.startswith(("extract.", "finetune.", "wandb"))]]  # fmt: skip
+    assert main(args) == 1
+    tile = json.loads((tmp_path / "out" / "tile" / "summary.json").read_text())
+    assert [f["slide_id"] for f in tile["failed"]] == ["broken"]
+    assert "no image directory" in tile["failed"][0]["error"]
+    assert (tmp_path / "out" / "finetune" / "subtype" / "summary.csv").is_file()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "tile: broken:" in report
+    before = records(tmp_path / "out")
+    assert main(args) == 1
+    assert records(tmp_path / "out") == before

@@ -39,7 +39,14 @@ from hipt.errors import HiptError, one_line
 from hipt.extract.config import Encode4KConfig, validate_encode4k
 from hipt.extract.plan import EncoderInfo
 from hipt.features.schema import SCHEMA_VERSION, FeatureStoreMeta
-from hipt.features.store import STORE_SUFFIX, open_store, read_meta, replace_store, store_codecs
+from hipt.features.store import (
+    FEATS4K_DTYPE,
+    STORE_SUFFIX,
+    open_store,
+    read_meta,
+    replace_store,
+    store_codecs,
+)
 from hipt.io import clean_stale_tmp, remove_path, tmp_path_for
 from hipt.lock import RunLock
 from hipt.models.grid import bag_to_grid
@@ -171,9 +178,9 @@ def rewrite_store(path: Path, meta: FeatureStoreMeta, feats4k: np.ndarray) -> No
         group = zarr.open_group(str(tmp), mode="r+")
         m, d4k = feats4k.shape
         group.create_array(
-            "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=meta.dtype,
+            "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=FEATS4K_DTYPE,
             fill_value=0, **store_codecs(),
-        )[:] = feats4k.astype(meta.dtype)  # fmt: skip
+        )[:] = feats4k.astype(FEATS4K_DTYPE)  # fmt: skip
         group.attrs.update(meta.to_dict())
         replace_store(tmp, path)
     except BaseException:

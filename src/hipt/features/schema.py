@@ -54,7 +54,9 @@ class FeatureStoreMeta:
         backend: reader backend that tiled the slide.
         tiling_config_hash: what chose the regions: the tiling settings hash, combined with
             the sha256 of the slide's annotation file when it had one.
-        dtype: storage dtype of the feature arrays (``float16`` or ``float32``).
+        dtype: storage dtype of ``feats256`` (``float16`` or ``float32``); ``feats4k`` is
+            always written float32 (stores written before may hold float16; both read as
+            float32).
         skip_background: True when empty patches got the blank-patch feature.
         precision: Lightning precision the encoders ran at (``32-true``, ``bf16-mixed``); a
             store of another precision is stale (CPU fp32 and GPU bf16 stores never mix).

@@ -69,6 +69,9 @@ class Step:
         policy: extra arguments that say *how* to run, not what (e.g. ``overwrite=true``).
         reads: artifacts the step reads (``tiles``, ``feats256``, ``vit4k``, ...).
         writes: the artifacts it makes.
+        tolerate: ``partial``: exit code 1 with the completion file written means some items
+            (slides) failed and were skipped, the rest is usable: go on; ``optional``: a
+            failure is recorded and the run goes on (one heatmap); ``""``: a failure stops.
     """
 
     name: str
@@ -81,6 +84,7 @@ class Step:
     policy: list[str] = dataclasses.field(default_factory=list)
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
+    tolerate: str = ""
 
 
 def order_steps(steps: Iterable[Step], given: Iterable[str] = ()) -> list[Step]:
@@ -195,6 +199,7 @@ class StepRunner:
         self.digests: dict[str, str] = {}
         self.timings: list[StepTiming] = []
         self.walls: dict[str, float] = {}  # wall time of stages whose steps ran side by side
+        self.problems: list[str] = []  # tolerated failures: the run goes on, exits 1
 
     def launcher(self, step: Step) -> Launcher:
         """How ``step`` is started (one launcher for all steps here; subclasses may choose)."""
@@ -265,6 +270,8 @@ class StepRunner:
             rec = self.record(step.name)
             self.digests[step.name] = rec["digest"]
             log.info("%s: %s is up to date (%s); skipped", self.name, step.name, step.out)
+            if rec.get("partial"):  # its failed items are still failed
+                self.problems.append(partial_problem(step))
             self.timings.append(StepTiming(step.name, step.stage, "skipped", 0.0, rec["seconds"]))
             return None
         argv = [*step.argv, *self.policy(step, key), *extra_args]
@@ -321,11 +328,20 @@ class StepRunner:
             raise failure
 
     def end(self, step: Step, key: str, argv: list[str], code: int, seconds: float) -> None:
-        """Record a finished step; raise :class:`StageFailed` when it failed."""
-        if code != 0 or not (step.out / step.done_file).exists():
-            self.write_record(
-                step.name, {"status": "failed", "key": key, "argv": argv, "code": code}
-            )
+        """Record a finished step; raise :class:`StageFailed` when it failed (see ``tolerate``)."""
+        done = (step.out / step.done_file).exists()
+        partial = code == 1 and done and step.tolerate == "partial"
+        if partial:
+            self.problems.append(partial_problem(step))
+            log.warning("%s: %s finished, some items failed; going on with the others",
+                        self.name, step.name)  # fmt: skip
+        elif code != 0 or not done:
+            self.write_record(step.name, {"status": "failed", "key": key, "argv": argv,
+                                          "code": code})  # fmt: skip
+            if step.tolerate == "optional":
+                self.problems.append(f"{step.name}: failed with exit code {code} (log above)")
+                log.warning("%s: %s failed; going on", self.name, step.name)
+                return
             raise StageFailed(step.name, code or 1, step.out, self.name)
         digest = output_digest(step) or key
         self.digests[step.name] = digest
@@ -339,9 +355,15 @@ class StepRunner:
                 "upstream": {u: self.digests.get(u) for u in step.upstream},
                 "seconds": round(seconds, 2),
                 "digest": digest,
+                "partial": partial,
             },
         )
         self.timings.append(StepTiming(step.name, step.stage, "ran", seconds, seconds))
+
+
+def partial_problem(step: Step) -> str:
+    """The run summary's line for a step whose stage skipped some failed items."""
+    return f"{step.name}: some items failed and were skipped (see {step.out}/summary.json)"
 
 
 def _argv_hash(step: Step) -> str:

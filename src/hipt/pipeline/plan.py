@@ -82,7 +82,7 @@ class PipelinePlan:
         tile = Step("external_tile", "external", "tile",
                     [f"slides={cfg.external_slides}", f"out={tiles}", *as_args(cfg.tile)],
                     tiles, "regions.parquet", reads=("external_slides",),
-                    writes=("external_tiles",))  # fmt: skip
+                    writes=("external_tiles",), tolerate="partial")  # fmt: skip
         argv = [f"tiles={tiles}", f"out={features}"]
         reads = ["external_tiles"]
         for key, path, made_by in (("checkpoint256", self.checkpoint256, "vit256"),
@@ -93,7 +93,8 @@ class PipelinePlan:
                     reads.append(made_by)  # pretrained here: extract after it
         extract = Step("external_extract", "external", "extract_features",
                        [*argv, *as_args(cfg.extract)], features, "summary.json",
-                       reads=tuple(reads), writes=("external_features",))  # fmt: skip
+                       reads=tuple(reads), writes=("external_features",),
+                       tolerate="partial")  # fmt: skip
         steps = [tile, extract]
         for task in cfg.tasks:
             out = root / "predict" / task
@@ -102,7 +103,7 @@ class PipelinePlan:
             steps.append(Step(f"predict_{task}", "predict", "predict", argv, out, "summary.json",
                               policy=["overwrite=true"],
                               reads=("external_features", "external_cohort", f"model:{task}"),
-                              writes=(f"predictions:{task}",)))  # fmt: skip
+                              writes=(f"predictions:{task}",), tolerate="partial"))  # fmt: skip
         return steps
 
     def _tile(self) -> Step:
@@ -119,6 +120,7 @@ class PipelinePlan:
             "regions.parquet",
             reads=("slides",),
             writes=("tiles",),
+            tolerate="partial",
         )
 
     def _pretrain(self, level: str, data: Path, reads: tuple[str, ...]) -> Step:
@@ -158,6 +160,7 @@ class PipelinePlan:
             "summary.json",
             reads=reads,
             writes=writes,
+            tolerate="partial",
         )
 
     def _encode_4k(self) -> Step:
@@ -177,6 +180,7 @@ class PipelinePlan:
             "summary.json",
             reads=("feats256", "vit4k"),
             writes=("feats4k",),
+            tolerate="partial",
         )
 
     def _finetune(self, task: str) -> Step:

@@ -189,7 +189,7 @@ def write_reports(
         "<h2>Cohort</h2>",
         _html_table(cohort_rows),
     ]
-    failures = cohort["failures"] or ["none"]
+    failures = [*cohort["failures"], *runner.problems] or ["none"]
     md += ["Failures:", "\n".join(f"- {f}" for f in failures)]
     html.append(
         "<p>Failures:</p><ul>" + "".join(f"<li>{escape(f)}</li>" for f in failures) + "</ul>"

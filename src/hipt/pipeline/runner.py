@@ -264,6 +264,8 @@ def run_pipeline(
         return 0
     with StageRun("pipeline", cfg, cfg.out, chash=pipeline_hash(cfg)) as run:
         outputs = runner.run()
-        run.done(outputs)
+        run.done({**outputs, "problems": runner.problems})
     log.info("pipeline: done; report in %s", outputs["report_md"])
-    return 0
+    for problem in runner.problems:
+        log.error("pipeline: %s", problem)
+    return 1 if runner.problems else 0

@@ -139,6 +139,9 @@ def probe_tiff(path: Path) -> TiffProbe:
                 for i, p in enumerate(tif.pages)
                 if cast("tifffile.TiffPage", p).is_tiled
             )
+            if len(tif.pages) == 0:
+                raise SlideError(f"{path}: a TIFF header with no image directory (truncated or "
+                                 "not a slide); re-copy the file")  # fmt: skip
             first = tif.pages.first
             description = first.description or ""
             vendor = "aperio" if description.startswith("Aperio") else "generic"
