@@ -30,14 +30,15 @@ TINY = [
     "heatmap.heads256=[0]",
     "heatmap.heads4k=[0]",
     "heatmap.progress=false",
+    "predict.bootstrap=200",
     "wandb.mode=disabled",
 ]
 
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> CohortFiles:
-    """8 synthetic patients of real tissue, one slide each (2 at 0.25 µm/px)."""
-    settings = CohortConfig(n_patients=8, slides_per_patient=[1, 1], regions=[1, 2],
+    """8 synthetic patients of real tissue, one 1-region slide each (2 at 0.25 µm/px)."""
+    settings = CohortConfig(n_patients=8, slides_per_patient=[1, 1], regions=[1, 1],
                             fine_mpp_every=4, include_sample=False)  # fmt: skip
     return generate_cohort(tmp_path_factory.mktemp("pipe") / "cohort", settings, seed=5)
 
@@ -78,17 +79,11 @@ def records(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def first_run(cohort, external, vit256, tmp_path_factory) -> tuple[Path, dict[str, dict]]:
-    """The first run, with an external cohort; extraction and pretraining start through a
-    recording launcher prefix (as `launcher=srun` would start them), the rest in-process."""
+    """The first run, with an external cohort."""
     out = tmp_path_factory.mktemp("run") / "out"
-    log = out.parent / "launched.txt"
-    recorder = Path(__file__).parents[1] / "support" / "launch_recorder.py"
-    ext = [f"EXTERNAL_SLIDES={external.manifest_csv}", f"EXTERNAL_COHORT={external.cohort_csv}"]
-    launcher = f"launcher={sys.executable} {recorder} {log}"
-    EXTERNAL[out] = ext
-    assert pipeline(cohort, out, vit256, launcher) == 0
-    assert log.read_text().split() == ["pipelines.extract_features", "pipelines.pretrain",
-                                       "pipelines.extract_features"]  # fmt: skip
+    EXTERNAL[out] = [f"EXTERNAL_SLIDES={external.manifest_csv}",
+                     f"EXTERNAL_COHORT={external.cohort_csv}"]  # fmt: skip
+    assert pipeline(cohort, out, vit256) == 0
     return out, records(out)
 
 
@@ -218,7 +213,9 @@ def test_edited_cohort_reruns_finetuning_only(first_run, cohort, vit256, capsys)
 
 def test_an_unreadable_slide_is_skipped_reported_and_the_rest_goes_on(external, tmp_path):
     """A slide folder holding one corrupt file: tiling skips it, every later step runs on the
-    others, the report names it, and the exit code is 1 now and on a rerun (which runs nothing)."""
+    others, the report names it, and the exit code is 1 now and on a rerun (which runs nothing).
+    Extraction starts through a recording launcher prefix, as `launcher=srun` would start it;
+    the other steps run in this process."""
     import shutil
 
     import torch
@@ -236,7 +233,10 @@ def test_an_unreadable_slide_is_skipped_reported_and_the_rest_goes_on(external, 
             "TASKS=subtype", f"CHECKPOINT256={ckpts['256']}", f"CHECKPOINT4K={ckpts['4k']}",
             "heatmaps=0",
             *[a for a in TINY if a.startswith(("extract.", "finetune.", "wandb"))]]  # fmt: skip
-    assert main(args) == 1
+    log = tmp_path / "launched.txt"
+    recorder = Path(__file__).parents[1] / "support" / "launch_recorder.py"
+    assert main([*args, f"launcher={sys.executable} {recorder} {log}"]) == 1
+    assert log.read_text().split() == ["pipelines.extract_features"]
     tile = json.loads((tmp_path / "out" / "tile" / "summary.json").read_text())
     assert [f["slide_id"] for f in tile["failed"]] == ["broken"]
     assert "no image directory" in tile["failed"][0]["error"]

@@ -87,12 +87,14 @@ def _stages():
     """conf/ top-level name -> (schema, validate, dummy values for the mandatory keys)."""
     from hipt.demo.config import DemoConfig
     from hipt.demo.config import validate as demo_validate
-    from hipt.extract.config import ExtractConfig
+    from hipt.extract.config import Encode4KConfig, ExtractConfig, validate_encode4k
     from hipt.extract.config import validate as extract_validate
     from hipt.finetune.config import FinetuneConfig
     from hipt.finetune.runner import check_config
     from hipt.heatmap.config import HeatmapConfig
     from hipt.heatmap.config import validate as heatmap_validate
+    from hipt.pipeline.config import PipelineConfig
+    from hipt.pipeline.config import validate as pipeline_validate
     from hipt.predict.config import PredictConfig
     from hipt.predict.config import validate as predict_validate
     from hipt.pretrain.config import PretrainConfig
@@ -101,6 +103,7 @@ def _stages():
     from hipt.tile.config import validate as tile_validate
 
     pretrain = (PretrainConfig, pretrain_validate, ["out=o", "data.tiles=t", "data.features=f"])
+    a_file, a_folder = Path(__file__), Path(__file__).parent  # inputs the validators find
     return {
         "tile": (TileConfig, tile_validate, ["slides=s"]),
         "extract": (ExtractConfig, extract_validate, ["tiles=t"]),
@@ -110,6 +113,10 @@ def _stages():
         "pretrain_256": pretrain, "pretrain_4k": pretrain, "tests": pretrain,
         "finetune": (FinetuneConfig, check_config, ["cohort=c", "features=f", "out=o"]),
         "demo": (DemoConfig, demo_validate, []),
+        "encode_4k": (Encode4KConfig, validate_encode4k, ["features=f", f"checkpoint4k={a_file}"]),
+        "pipeline": (PipelineConfig, pipeline_validate, [
+            f"slides={a_folder}", f"cohort={a_file}", "out=o", f"checkpoint256={a_file}",
+            f"checkpoint4k={a_file}"]),
     }  # fmt: skip
 
 
