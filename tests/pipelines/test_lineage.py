@@ -94,3 +94,41 @@ def test_online_runs_declare_inputs_with_use_artifact(two_steps, monkeypatch):
 
     monkeypatch.setattr(wandb, "init", broken)
     assert log_step(extract, WandbConfig(mode="online"), "grp", "k" * 16, {}) is None
+
+
+def test_pipeline_steps_record_their_artifacts_and_inputs(tmp_path, monkeypatch):
+    """Through the pipeline runner (stages replaced by a launcher that writes their outputs):
+    each finished step's provenance record names the artifacts it logged and the ones it read
+    (extract read tiles; encode-4k read both stores and the pretrained ViT-4K)."""
+    from hipt.config import load_config
+    from hipt.pipeline.config import PipelineConfig
+    from hipt.pipeline.runner import PipelineRunner
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    (tmp_path / "slides").mkdir()
+    (tmp_path / "slides" / "a.svs").write_bytes(b"x")
+    (tmp_path / "cohort.csv").write_text("slide_id,patient_id\na,p\n")
+    cfg = load_config(PipelineConfig, "pipeline.yaml", [
+        f"slides={tmp_path / 'slides'}", f"cohort={tmp_path / 'cohort.csv'}",
+        f"out={tmp_path / 'out'}", "pretrain=4k", f"checkpoint256={tmp_path / 'cohort.csv'}",
+        "wandb.mode=offline", "wandb.group=grp"])  # fmt: skip
+
+    def fake_stage(module: str, argv: list[str]) -> int:
+        args = dict(a.split("=", 1) for a in argv)
+        out = Path(args["out"])
+        out.mkdir(parents=True, exist_ok=True)
+        done = {"tile": "regions.parquet", "pretrain": "backbone.safetensors"}
+        (out / done.get(module, "summary.json")).write_text("done")
+        (out / "run.json").write_text(json.dumps(argv))
+        return 0
+
+    runner = PipelineRunner(cfg, fake_stage)
+    for step in runner.ordered()[:4]:  # tile, extract, pretrain_4k, encode_4k
+        runner.run_step(step, runner.wandb)
+    rec = {name: runner.record(name)["wandb"] for name in ("tile", "extract", "encode_4k")}
+    assert rec["tile"] == {"artifacts": ["grp-tiles"], "uses": [], "mode": "offline"}
+    assert rec["extract"]["artifacts"] == ["grp-feats256"] and rec["extract"]["uses"] == [
+        "grp-tiles"]  # fmt: skip
+    assert rec["encode_4k"]["uses"] == ["grp-feats256", "grp-vit4k"]
+    (run_dir,) = find_offline_runs(tmp_path / "out" / "features" / "encode_4k")
+    assert [a["name"] for a in read_artifacts(run_dir)] == ["grp-feats4k"]

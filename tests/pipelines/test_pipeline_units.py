@@ -13,6 +13,7 @@ from hipt.pipeline.engine import Step, order_steps
 from hipt.pipeline.plan import as_args
 from hipt.pipeline.report import t_interval
 from hipt.pipeline.runner import pick_patients
+from hipt.tasks.base import task_from_state
 
 
 def _s(name: str, reads: tuple[str, ...], writes: tuple[str, ...]) -> Step:
@@ -49,14 +50,22 @@ def test_stage_settings_become_the_stages_key_value_arguments():
 
 
 def test_heatmap_picks_are_the_extremes_of_the_task_score():
-    """Survival ranks by risk; classification by the predicted class' probability; the top and
-    bottom n patients, each once (n larger than half the cohort repeats nobody)."""
-    surv = pd.DataFrame({"patient_id": list("abcd"), "risk": [0.1, 2.0, -1.0, 0.5]})
-    assert pick_patients(surv, 1)["patient_id"].tolist() == ["b", "c"]
-    assert sorted(pick_patients(surv, 3)["patient_id"]) == list("abcd")
-    cls = pd.DataFrame({"patient_id": list("abc"), "pred": ["A", "B", "A"],
-                        "prob_A": [0.9, 0.45, 0.6], "prob_B": [0.1, 0.55, 0.4]})  # fmt: skip
-    assert pick_patients(cls, 1)["patient_id"].tolist() == ["a", "b"]
+    """Ranked by the task's own score: survival by risk, response by the probability of
+    responding (its predictions carry no other probability), subtype by the predicted class'
+    probability; the top and bottom n patients, each once."""
+    surv = task_from_state({"task": "survival", "classes": [], "n_outputs": 4})
+    df = pd.DataFrame({"patient_id": list("abcd"), "risk": [0.1, 2.0, -1.0, 0.5]})
+    assert pick_patients(df, 1, surv)["patient_id"].tolist() == ["b", "c"]
+    assert sorted(pick_patients(df, 3, surv)["patient_id"]) == list("abcd")
+    resp = task_from_state({"task": "response", "classes": ["non-responder", "responder"],
+                            "n_outputs": 1})  # fmt: skip
+    df = pd.DataFrame({"patient_id": list("abc"), "prob_responder": [0.2, 0.9, 0.05],
+                       "pred": ["non-responder", "responder", "non-responder"]})  # fmt: skip
+    assert pick_patients(df, 1, resp)["patient_id"].tolist() == ["b", "c"]
+    sub = task_from_state({"task": "subtype", "classes": ["A", "B"], "n_outputs": 2})
+    df = pd.DataFrame({"patient_id": list("abc"), "pred": ["A", "B", "A"],
+                       "prob_A": [0.9, 0.45, 0.6], "prob_B": [0.1, 0.55, 0.4]})  # fmt: skip
+    assert pick_patients(df, 1, sub)["patient_id"].tolist() == ["a", "b"]
 
 
 def test_fold_interval_matches_the_t_distribution_closed_form():

@@ -3,14 +3,14 @@
 Every step that ran gets a short W&B run in the pipeline's group (``job_type`` = its stage,
 name = the step) that logs what it wrote as one artifact per written item
 (``<group>-<artifact>``, e.g. ``pipeline-1a2b3c4d-tiles``; type ``tiles``, ``features``,
-``backbone``, ``model`` or ``heatmap``). The artifact holds the step's ``run.json`` (its
-provenance: config hash, inputs, versions; so the artifact's digest changes exactly when the
-outputs were remade) and a reference to the stage's completion file; its metadata carries the
-step key, the output folder and the arguments. Large outputs (stores, checkpoints) are never
-copied into W&B.
+``backbone``, ``model``, ``predictions`` or ``heatmap``). The artifact holds the step's
+``run.json`` (its provenance: config hash, inputs, versions; so the artifact's digest changes
+exactly when the outputs were remade) and a reference to the stage's completion file; its
+metadata carries the step key, the output folder and the arguments. Large outputs (stores,
+checkpoints) are never copied into W&B.
 
 Inputs: an online run declares each artifact it read with ``run.use_artifact(...)``, so the W&B UI
-draws tiles -> stores -> models -> heatmaps. wandb refuses ``use_artifact`` offline (it needs the
+draws tiles -> stores -> models -> predictions and heatmaps. wandb refuses ``use_artifact`` offline (it needs the
 server's artifact id), so an offline run records the same inputs, with their digests, in its
 config (``uses``); ``wandb sync`` uploads the artifacts, and the input list stays readable.
 """
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: Artifact type of what a step writes (by the written item's kind).
 TYPES = {
     "tiles": "tiles",
+    "external_tiles": "tiles",
+    "external_features": "features",
+    "predictions": "predictions",
     "feats256": "features",
     "feats4k": "features",
     "vit256": "backbone",

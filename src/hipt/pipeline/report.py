@@ -234,6 +234,14 @@ def write_reports(
         f"<h2>Step wall times (total this run: {total_s:.1f} s)</h2>",
         _html_table(timing_rows(runner)),
     ]
+    lineage = {s.name: r["wandb"] for s in all_steps if "wandb" in (r := runner.record(s.name))}
+    arts = [
+        {"step": name, "artifacts": ", ".join(w["artifacts"]), "uses": ", ".join(w["uses"]) or "-",
+         "mode": w["mode"]}
+        for name, w in lineage.items()
+    ]  # fmt: skip
+    md += ["## W&B artifacts of the current outputs", _md_table(arts)]
+    html += ["<h2>W&B artifacts of the current outputs</h2>", _html_table(arts)]
     prov = provenance_rows(runner, all_steps)
     md += [
         "## Provenance of every step",
@@ -250,6 +258,7 @@ def write_reports(
         "report_html": str(html_path),
         "cohort": cohort,
         "metrics": tasks,
+        "wandb_artifacts": lineage,
         "seconds": round(total_s, 2),
     }
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from hipt.features.store import find_store, read_meta
@@ -19,6 +20,7 @@ from hipt.pipeline.plan import GIVEN, PipelinePlan, as_args
 from hipt.pipeline.report import write_reports
 from hipt.provenance import sha256_file
 from hipt.stage import StageRun
+from hipt.tasks.base import Task, task_from_state
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,28 @@ def fold_predictions(task_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def patient_score(row: pd.Series) -> float:
-    """What heatmap picks sort by: the risk (survival), else the predicted class' probability."""
-    if "risk" in row.index:
-        return float(row["risk"])
-    return float(row[f"prob_{row['pred']}"])
+def fold_task(task_dir: Path) -> Task:
+    """The fitted task of a finetune run, from its first fold model's card."""
+    from hipt.models import read_card
+
+    card = read_card(task_dir / "fold_0" / "model.safetensors")
+    return task_from_state(card.output)
 
 
-def pick_patients(preds: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The ``n`` highest- and ``n`` lowest-scored patients (each once), highest first."""
+def pick_patients(preds: pd.DataFrame, n: int, task: Task) -> pd.DataFrame:
+    """The ``n`` highest- and ``n`` lowest-scored patients (each once), highest first.
+
+    The score is the task's own (:meth:`~hipt.tasks.base.Task.headline`, what the heatmap
+    pages sort by): the risk for survival, the probability of responding for response, the
+    predicted class' probability otherwise.
+    """
     if preds.empty or n == 0:
         return preds.iloc[:0]
-    scored = preds.assign(score=preds.apply(patient_score, axis=1))
+
+    def score(row: pd.Series) -> float:
+        return task.headline({k: np.asarray([v]) for k, v in row.items()})[1]
+
+    scored = preds.assign(score=preds.apply(score, axis=1))
     scored = scored.sort_values(["score", "patient_id"], ascending=[False, True])
     picks = pd.concat([scored.head(n), scored.tail(n)]).drop_duplicates("patient_id")
     return picks.reset_index(drop=True)
@@ -105,7 +117,6 @@ class PipelineRunner(StepRunner):
         self.group = cfg.wandb.group or f"pipeline-{pipeline_hash(cfg)[:8]}"
         self.writers: dict[str, str] = {}  # artifact -> the step that writes it
         self.digests.update(given_digests(cfg))
-        self.lineage: dict[str, dict[str, Any]] = {}  # step -> what W&B logged for it
         w = cfg.wandb
         self.wandb = [
             f"wandb.mode={w.mode}",
@@ -133,8 +144,8 @@ class PipelineRunner(StepRunner):
         inputs = {item: self.digests.get(self.writers[item]) for item in step.reads
                   if item in self.writers}  # fmt: skip
         logged = log_step(step, self.cfg.wandb, self.group, key, inputs)
-        if logged is not None:
-            self.lineage[step.name] = logged
+        if logged is not None and self.record(step.name).get("status") == "done":
+            self.write_record(step.name, {**self.record(step.name), "wandb": logged})
 
     def explain(self, steps: list[Step]) -> list[dict[str, str]]:
         """Run or skip, and why, for every step, without running anything.
@@ -168,7 +179,11 @@ class PipelineRunner(StepRunner):
 
     def heatmap_steps(self, task: str) -> list[Step]:
         """One heatmap per picked patient: its first slide, with the fold that held it out."""
-        picks = pick_patients(fold_predictions(self.plan.finetune_dir(task)), self.cfg.heatmaps)
+        task_dir = self.plan.finetune_dir(task)
+        preds = fold_predictions(task_dir)
+        picks = (
+            pick_patients(preds, self.cfg.heatmaps, fold_task(task_dir)) if len(preds) else preds
+        )
         steps = []
         for row in picks.itertuples(index=False):
             sid = str(row.slide_ids).split(";")[0]
