@@ -9,10 +9,11 @@ exactly when the outputs were remade) and a reference to the stage's completion 
 metadata carries the step key, the output folder and the arguments. Large outputs (stores,
 checkpoints) are never copied into W&B.
 
-Inputs: an online run declares each artifact it read with ``run.use_artifact(...)``, so the W&B UI
-draws tiles -> stores -> models -> predictions and heatmaps. wandb refuses ``use_artifact`` offline (it needs the
-server's artifact id), so an offline run records the same inputs, with their digests, in its
-config (``uses``); ``wandb sync`` uploads the artifacts, and the input list stays readable.
+Inputs: an online run declares each artifact it read with ``run.use_artifact(...)``, so the W&B
+UI draws tiles -> stores -> models -> predictions and heatmaps. wandb refuses ``use_artifact``
+offline (it needs the server's artifact id), so an offline run records the same inputs, with
+their digests, in its config (``uses``); ``wandb sync`` uploads the artifacts, and the input
+list stays readable.
 """
 
 from __future__ import annotations
