@@ -152,30 +152,30 @@ class PipelineRunner(StepRunner):
 
         A step that would run changes its outputs, so every step below it is shown rerunning.
         """
-        rows = []
-        for step in steps:
-            key = self.key(step)
-            reason = self.why_run(step, key)
-            if reason is None:
-                self.digests[step.name] = self.record(step.name)["digest"]
-                rows.append({"step": step.name, "action": "skip", "why": "up to date"})
-                continue
-            pending = [u for u in step.upstream if self.digests.get(u, "").startswith(PENDING)]
-            if pending:
-                reason = f"upstream reruns: {', '.join(pending)}"
-            self.digests[step.name] = PENDING + step.name
-            rows.append({"step": step.name, "action": "run", "why": reason})
+        rows = [self._explain_step(step) for step in steps]
         n = self.cfg.heatmaps
-        for task in self.cfg.tasks:
-            if n:
-                rows.append(
-                    {
-                        "step": f"heatmap_{task}_*",
-                        "action": "decided after finetune",
-                        "why": f"the {n} highest- and {n} lowest-scored patients",
-                    }
-                )
+        for task in self.cfg.tasks if n else []:
+            if self.digests.get(f"finetune_{task}", PENDING).startswith(PENDING):
+                rows.append({"step": f"heatmap_{task}_*", "action": "run",
+                             "why": f"after finetune: its {n} highest- and {n} lowest-scored "
+                                    "patients"})  # fmt: skip
+                continue
+            drawn = self.heatmap_steps(task)  # finetune is current: its picks are known
+            order_steps([*steps, *drawn], given=GIVEN)
+            rows += [self._explain_step(step) for step in drawn]
         return rows
+
+    def _explain_step(self, step: Step) -> dict[str, str]:
+        key = self.key(step)
+        reason = self.why_run(step, key)
+        if reason is None:
+            self.digests[step.name] = self.record(step.name)["digest"]
+            return {"step": step.name, "action": "skip", "why": "up to date"}
+        pending = [u for u in step.upstream if self.digests.get(u, "").startswith(PENDING)]
+        if pending:
+            reason = f"upstream reruns: {', '.join(pending)}"
+        self.digests[step.name] = PENDING + step.name
+        return {"step": step.name, "action": "run", "why": reason}
 
     def heatmap_steps(self, task: str) -> list[Step]:
         """One heatmap per picked patient: its first slide, with the fold that held it out."""
