@@ -15,6 +15,7 @@ W&B run (marked failed when the block raised) and releases the lock. Errors beco
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -178,3 +179,33 @@ class StageRun:
         if self._logger is not None:
             finish(self._logger, ok=ok)
             self._logger = None
+
+
+def outputs_current(
+    out: Path, fingerprint: str, *, overwrite: bool, what: str, marker: str = "summary.json"
+) -> bool:
+    """Whether ``out`` already holds outputs made from exactly these inputs and settings.
+
+    The stage's ``summary.json`` records ``fingerprint`` (at its top level or under
+    ``identity``). No summary (or no ``marker`` file), ``overwrite`` or an unreadable summary:
+    False. Another fingerprint raises, so a rerun never overwrites other outputs unasked.
+
+    Raises:
+        StaleOutputError: ``out`` holds ``what`` made from other inputs or settings.
+    """
+    from hipt.errors import StaleOutputError
+
+    summary = out / "summary.json"
+    if overwrite or not summary.is_file() or not (out / marker).is_file():
+        return False
+    try:
+        data = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return False
+    old = data.get("fingerprint") or data.get("identity", {}).get("fingerprint")
+    if old == fingerprint:
+        return True
+    raise StaleOutputError(
+        f"{out} holds {what} made from other inputs or settings; pass overwrite=true or "
+        "choose another OUT"
+    )

@@ -81,3 +81,34 @@ def test_pipeline_steps_record_their_artifacts_and_inputs(tmp_path, monkeypatch)
     assert rec["encode_4k"]["uses"] == ["grp-feats256", "grp-vit4k"]
     (run_dir,) = find_offline_runs(tmp_path / "out" / "features" / "encode_4k")
     assert [a["name"] for a in read_artifacts(run_dir)] == ["grp-feats4k"]
+
+
+def test_tolerated_failures_go_on_and_are_counted(tmp_path):
+    """A stage exiting 1 with its completion file (some slides failed) is done and counted,
+    also when skipped on the next run; an optional step's failure is recorded and the run
+    goes on; a failure of any other step stops the run."""
+    from hipt.pipeline.engine import StageFailed, Step
+
+    cfg = _cfg(tmp_path, "wandb.mode=disabled")
+
+    def partial_tile(module: str, argv: list[str]) -> int:
+        code = fake_stage(module, argv)
+        return 1 if module == "tile" else code
+
+    runner = PipelineRunner(cfg, partial_tile)
+    tile = runner.ordered()[0]
+    runner.run_step(tile, [])
+    assert runner.record("tile")["status"] == "done" and runner.record("tile")["partial"]
+    assert len(runner.problems) == 1
+    again = PipelineRunner(cfg, partial_tile)
+    again.run_step(again.ordered()[0], [])  # up to date, still partial
+    assert again.problems == runner.problems
+
+    out = tmp_path / "h"
+    optional = Step("heatmap_x", "heatmap", "heatmap", [f"out={out}"], out, "index.html",
+                    tolerate="optional")  # fmt: skip
+    runner.run_step(optional, [])  # writes summary.json, not index.html: failed
+    assert runner.record("heatmap_x")["status"] == "failed" and len(runner.problems) == 2
+    strict = Step("heatmap_y", "heatmap", "heatmap", [f"out={out}"], out, "index.html")
+    with pytest.raises(StageFailed, match="heatmap_y"):
+        runner.run_step(strict, [])

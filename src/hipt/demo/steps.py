@@ -10,7 +10,7 @@ import pandas as pd
 from hipt.demo.cohort import SAMPLE_ID, CohortFiles
 from hipt.demo.config import DemoConfig
 from hipt.pipeline.config import PipelineConfig
-from hipt.pipeline.engine import BACKBONE, Step, order_steps
+from hipt.pipeline.engine import BACKBONE, Step, order_steps, wandb_args
 from hipt.pipeline.plan import GIVEN, PipelinePlan
 
 #: The demo's stage folders (under ``out``): everything made from the cohort.
@@ -50,10 +50,7 @@ class Plan:
     ) -> None:
         self.cfg, self.cohort, self.root = cfg, cohort, Path(cfg.out)
         self.external_cohort = external
-        w = cfg.wandb
-        self.wandb = [f"wandb.mode={w.mode}", f"wandb.project={w.project}", f"wandb.group={group}"]
-        if w.entity:
-            self.wandb.append(f"wandb.entity={w.entity}")
+        self.wandb = wandb_args(cfg.wandb, group)
 
     def folder(self, name: str) -> Path:
         """Output folder of a stage: ``<out>/<name>``."""

@@ -38,14 +38,15 @@ from torch import nn
 from hipt.errors import HiptError, one_line
 from hipt.extract.config import Encode4KConfig, validate_encode4k
 from hipt.extract.plan import EncoderInfo
-from hipt.features.schema import SCHEMA_VERSION, FeatureStoreMeta
+from hipt.features.schema import FeatureStoreMeta
 from hipt.features.store import (
     FEATS4K_DTYPE,
     STORE_SUFFIX,
+    create_feats4k,
+    needs_recompute,
     open_store,
     read_meta,
     replace_store,
-    store_codecs,
 )
 from hipt.io import clean_stale_tmp, remove_path, tmp_path_for
 from hipt.lock import RunLock
@@ -177,10 +178,7 @@ def rewrite_store(path: Path, meta: FeatureStoreMeta, feats4k: np.ndarray) -> No
             link_tree(path / name, tmp / name)
         group = zarr.open_group(str(tmp), mode="r+")
         m, d4k = feats4k.shape
-        group.create_array(
-            "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=FEATS4K_DTYPE,
-            fill_value=0, **store_codecs(),
-        )[:] = feats4k.astype(FEATS4K_DTYPE)  # fmt: skip
+        create_feats4k(group, *feats4k.shape)[:] = feats4k.astype(FEATS4K_DTYPE)
         group.attrs.update(meta.to_dict())
         replace_store(tmp, path)
     except BaseException:
@@ -188,15 +186,17 @@ def rewrite_store(path: Path, meta: FeatureStoreMeta, feats4k: np.ndarray) -> No
         raise
 
 
-def why_skip(meta: FeatureStoreMeta | None, enc: Encoder4K, overwrite: bool) -> str | None:
-    """``"current"`` for a store already made with this ViT-4K, an error, or None (encode it)."""
-    if meta is None or not meta.complete:
-        return "incomplete or unreadable store (interrupted extraction); rerun extract-features"
-    if meta.schema_version != SCHEMA_VERSION:
-        return (
-            f"store schema v{meta.schema_version}, this code reads v{SCHEMA_VERSION}; "
-            "re-extract features"
-        )
+def why_skip(path: Path, enc: Encoder4K, overwrite: bool) -> str | None:
+    """``"current"`` for a store already made with this ViT-4K, an error, or None (encode it).
+
+    A store extraction would not reuse (absent, incomplete, another schema: the same checks,
+    :func:`~hipt.features.store.needs_recompute`) is an error naming the fix.
+    """
+    problem = needs_recompute(path)
+    if problem is not None:
+        return f"{problem} store; rerun `make extract-features` for it"
+    meta = read_meta(path)
+    assert meta is not None  # needs_recompute found a complete store
     if meta.feature_dim_256 != getattr(enc.model, "input_dim", meta.feature_dim_256):
         return (
             f"feats256 are {meta.feature_dim_256}-d but {enc.name} takes "
@@ -255,11 +255,11 @@ def run(cfg: Encode4KConfig) -> int:
         t0 = time.perf_counter()
         for path in stores(features):
             try:
-                meta = read_meta(path)
-                reason = why_skip(meta, enc, cfg.overwrite)
+                reason = why_skip(path, enc, cfg.overwrite)
                 if reason == "current":
                     current.append(path.stem)
                     continue
+                meta = read_meta(path)
                 if reason is not None or meta is None:
                     raise HiptError(reason or "unreadable store")
                 t = time.perf_counter()

@@ -105,9 +105,7 @@ class StoreWriter:
         self.feats256 = group.create_array(
             "feats256", shape=(m, PATCHES, d256), chunks=(rc, PATCHES, d256), dtype=meta.dtype, **kw
         )
-        self.feats4k = group.create_array(
-            "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=FEATS4K_DTYPE, **kw
-        )
+        self.feats4k = create_feats4k(group, m, d4k)
         coords = np.asarray(coords, dtype=np.int64).reshape(m, 2)
         group.create_array("coords", data=coords, **store_codecs())
         mask = np.asarray(patch_mask, dtype=bool).reshape(m, PATCHES)
@@ -139,6 +137,14 @@ class StoreWriter:
     def abort(self) -> None:
         """Drop the temporary store."""
         remove_path(self.tmp)
+
+
+def create_feats4k(group: zarr.Group, m: int, d4k: int) -> zarr.Array:
+    """The ``feats4k [M, D4k]`` array of a store being written (float32, one chunk)."""
+    return group.create_array(
+        "feats4k", shape=(m, d4k), chunks=(max(m, 1), d4k), dtype=FEATS4K_DTYPE,
+        fill_value=0, **store_codecs(),
+    )  # fmt: skip
 
 
 def replace_store(src: Path, dst: Path) -> None:

@@ -43,7 +43,7 @@ from hipt.slides.dicom import slide_stat
 from hipt.slides.geometry import open_slide_at
 from hipt.slides.pixels import read_region_hwc
 from hipt.slides.regions import GRID
-from hipt.stage import StageRun
+from hipt.stage import StageRun, outputs_current
 from hipt.tasks.base import task_from_state
 
 if TYPE_CHECKING:
@@ -349,22 +349,6 @@ def _feature_check(cos: np.ndarray) -> dict[str, Any]:
     return {"n_patches": int(cos.size), "mean_cosine": mean, "min_cosine": float(cos.min())}
 
 
-def _up_to_date(out: Path, ident: dict[str, Any], overwrite: bool) -> bool:
-    summary = out / "summary.json"
-    if overwrite or not summary.is_file() or not (out / "index.html").is_file():
-        return False
-    try:
-        old = json.loads(summary.read_text()).get("identity", {}).get("fingerprint")
-    except (OSError, ValueError):
-        return False
-    if old == ident["fingerprint"]:
-        return True
-    raise StaleOutputError(
-        f"{out} holds heatmaps made from other inputs or settings; pass overwrite=true or "
-        "choose another OUT"
-    )
-
-
 def render_slide(cfg: HeatmapConfig, cache: ModelCache | None = None) -> dict[str, Any]:
     """Draw one slide (``cfg.slide`` with its store ``cfg.features``) into ``cfg.out``.
 
@@ -377,7 +361,8 @@ def render_slide(cfg: HeatmapConfig, cache: ModelCache | None = None) -> dict[st
     chash = heatmap_hash(cfg)
     with StageRun(STAGE, cfg, out, inputs=inputs, chash=chash, defer_start=True) as stage:
         ident = fingerprint(cfg)
-        if _up_to_date(out, ident, cfg.overwrite):
+        if outputs_current(out, ident["fingerprint"], overwrite=cfg.overwrite, what="heatmaps",
+                           marker="index.html"):  # fmt: skip
             log.info("heatmaps in %s are up to date; open %s", out, out / "index.html")
             summary: dict[str, Any] = json.loads((out / "summary.json").read_text())
             return {**summary, "up_to_date": True}

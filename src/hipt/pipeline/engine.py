@@ -24,6 +24,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
+from hipt.config import WandbConfig
 from hipt.errors import ConfigError, HiptError
 from hipt.io import atomic_write_json
 from hipt.provenance import sha256_file
@@ -36,6 +37,12 @@ Launcher = Callable[[str, list[str]], int]
 Pool = Callable[[int], Executor]
 #: What pretraining exports (documented stage output); a pretrain step is done when it exists.
 BACKBONE = "backbone.safetensors"
+
+
+def wandb_args(cfg: WandbConfig, group: str) -> list[str]:
+    """The ``wandb.*`` arguments every stage of one run gets (same project, one group)."""
+    args = [f"wandb.mode={cfg.mode}", f"wandb.project={cfg.project}", f"wandb.group={group}"]
+    return [*args, f"wandb.entity={cfg.entity}"] if cfg.entity else args
 
 
 def spawn_pool(n: int) -> Executor:
@@ -237,6 +244,8 @@ class StepRunner:
             ]
             if changed and "upstream" in rec:
                 return f"upstream changed: {', '.join(changed)}"
+            if "argv_hash" not in rec:
+                return "key changed (recorded by an earlier version)"
             return (
                 "settings changed" if rec.get("argv_hash") != _argv_hash(step) else "inputs changed"
             )
@@ -245,10 +254,6 @@ class StepRunner:
         if rec.get("digest") != output_digest(step):
             return f"{step.out / 'run.json'} changed since"
         return None
-
-    def up_to_date(self, step: Step, key: str) -> bool:
-        """Finished earlier with ``key``, completion marker present, outputs unchanged."""
-        return self.why_run(step, key) is None
 
     def policy(self, step: Step, key: str) -> list[str]:
         """How to run a pretrain step: resume an interrupted identical run, else start over."""

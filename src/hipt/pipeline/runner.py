@@ -14,7 +14,7 @@ import pandas as pd
 
 from hipt.features.store import find_store, read_meta
 from hipt.pipeline.config import PipelineConfig, pipeline_hash, validate
-from hipt.pipeline.engine import Launcher, Pool, Step, StepRunner, order_steps
+from hipt.pipeline.engine import Launcher, Pool, Step, StepRunner, order_steps, wandb_args
 from hipt.pipeline.lineage import log_step
 from hipt.pipeline.plan import GIVEN, PipelinePlan, as_args
 from hipt.pipeline.report import write_reports
@@ -117,14 +117,7 @@ class PipelineRunner(StepRunner):
         self.group = cfg.wandb.group or f"pipeline-{pipeline_hash(cfg)[:8]}"
         self.writers: dict[str, str] = {}  # artifact -> the step that writes it
         self.digests.update(given_digests(cfg))
-        w = cfg.wandb
-        self.wandb = [
-            f"wandb.mode={w.mode}",
-            f"wandb.project={w.project}",
-            f"wandb.group={self.group}",
-        ]
-        if w.entity:
-            self.wandb.append(f"wandb.entity={w.entity}")
+        self.wandb = wandb_args(cfg.wandb, self.group)
 
     def launcher(self, step: Step) -> Launcher:
         """Extraction and pretraining through ``distributed`` (e.g. ``srun``) when given."""
@@ -141,11 +134,14 @@ class PipelineRunner(StepRunner):
     def end(self, step: Step, key: str, argv: list[str], code: int, seconds: float) -> None:
         """Record the finished step, then log its outputs (and inputs) to W&B."""
         super().end(step, key, argv, code, seconds)
+        record = self.record(step.name)
+        if record.get("status") != "done":  # a tolerated failure: nothing to log
+            return
         inputs = {item: self.digests.get(self.writers[item]) for item in step.reads
                   if item in self.writers}  # fmt: skip
         logged = log_step(step, self.cfg.wandb, self.group, key, inputs)
-        if logged is not None and self.record(step.name).get("status") == "done":
-            self.write_record(step.name, {**self.record(step.name), "wandb": logged})
+        if logged is not None:
+            self.write_record(step.name, {**record, "wandb": logged})
 
     def explain(self, steps: list[Step]) -> list[dict[str, str]]:
         """Run or skip, and why, for every step, without running anything.
@@ -217,6 +213,7 @@ class PipelineRunner(StepRunner):
                     policy=["overwrite=true"],
                     reads=("feats4k", f"model:{task}"),
                     writes=(f"heatmap:{task}:{sid}",),
+                    tolerate="optional",
                 )
             )
         return steps

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hipt.errors import HiptError, StaleOutputError, one_line
+from hipt.errors import HiptError, one_line
 from hipt.features import FeatureStore, find_store, open_store
 from hipt.features.store import provenance_problem
 from hipt.models.runtime import autocast_context, describe_device, resolve_device, set_fp32_matmul
@@ -26,7 +26,7 @@ from hipt.models.slide import SlideModel, load_slide_models
 from hipt.predict.cohort import PredictCohort, read_cohort
 from hipt.predict.config import PredictConfig, predict_hash, validate
 from hipt.predict.outputs import ENSEMBLE, write_results
-from hipt.stage import StageRun
+from hipt.stage import StageRun, outputs_current
 from hipt.tasks.base import Task, task_from_state
 
 log = logging.getLogger(__name__)
@@ -146,22 +146,6 @@ def fingerprint(cfg: PredictConfig, models: list[SlideModel], slides: list[Slide
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def _up_to_date(out: Path, fp: str, overwrite: bool) -> bool:
-    summary = out / "summary.json"
-    if overwrite or not summary.is_file():
-        return False
-    try:
-        old = json.loads(summary.read_text()).get("fingerprint")
-    except (OSError, ValueError):
-        return False
-    if old == fp:
-        return True
-    raise StaleOutputError(
-        f"{out} holds predictions made from other inputs or settings; pass overwrite=true or "
-        "choose another OUT"
-    )
-
-
 def predict_all(
     predictor: Predictor, cohort: PredictCohort, slides: list[SlideStatus]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
@@ -246,7 +230,7 @@ def run(cfg: PredictConfig) -> int:
     fp = fingerprint(cfg, models, slides)
     inputs: list[str | Path] = [cfg.cohort, cfg.features, *(m.path for m in models)]
     with StageRun(STAGE, cfg, cfg.out, inputs=inputs, defer_start=True) as stage:
-        if _up_to_date(stage.out, fp, cfg.overwrite):
+        if outputs_current(stage.out, fp, overwrite=cfg.overwrite, what="predictions"):
             log.info("predictions in %s are up to date", stage.out)
             return 0
         stage.start()
