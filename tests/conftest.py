@@ -8,6 +8,11 @@ import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Measured batch sizes are cached per machine; tests start from an empty cache of their own.
+if "HIPT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["HIPT_CACHE_DIR"] = tempfile.mkdtemp(prefix="hipt-test-cache-")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,12 +8,13 @@ from pathlib import Path
 from hipt.config import WandbConfig, non_result
 from hipt.errors import ConfigError
 from hipt.slides.decode import DECODES
+from hipt.stain import StainConfig
 
 DTYPES = ("float16", "float32")
 ON_STALE = ("recompute", "error")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 COMPILE = ("false", "true", "auto")
-POSITIVE = ("batch_size", "reader_threads", "prefetch_regions", "regions_per_chunk", "num_nodes")
+POSITIVE = ("reader_threads", "prefetch_regions", "regions_per_chunk", "num_nodes")
 
 
 @dataclasses.dataclass
@@ -31,7 +32,10 @@ class ExtractConfig:
         dtype: storage dtype of the features, ``float16`` or ``float32``.
         skip_background: encode only patches set in the tile stage's patch mask; the others get
             the feature of a blank white patch, computed once.
-        batch_size: 256-px patches per ViT-256 forward; batches span region boundaries.
+        batch_size: patches per patch-encoder forward (batches span region boundaries), or
+            ``auto``: measured on the device (the fastest size under the memory budget).
+        max_batch_mem_gb: activation memory budget of one patch batch; caps the batch size
+            (foundation models 50x larger than ViT-S stay bounded).
         num_workers: DataLoader worker processes reading regions (0: read in this process).
         reader_threads: reader threads per worker (or in this process when ``num_workers=0``).
         prefetch_regions: regions read ahead per reader (the bounded queue that caps memory).
@@ -56,6 +60,8 @@ class ExtractConfig:
         compile_min_regions: threshold for ``compile=auto``.
         seed: seeds random initialisation when a checkpoint is missing (all ranks agree).
         progress: show a progress bar over regions (rank 0).
+        stain: stain normalization of the patches before the encoder (off by default);
+            recorded in every store (another setting makes stores stale).
         wandb: Weights & Biases settings.
     """
 
@@ -67,7 +73,8 @@ class ExtractConfig:
     model_4k: str = "vit4k_xs"
     dtype: str = "float16"
     skip_background: bool = False
-    batch_size: int = non_result(256)
+    batch_size: int | str = non_result("auto")
+    max_batch_mem_gb: float = non_result(4.0)
     num_workers: int = non_result(2)
     reader_threads: int = non_result(1)
     prefetch_regions: int = non_result(2)
@@ -87,6 +94,7 @@ class ExtractConfig:
     compile_min_regions: int = non_result(16)
     seed: int = 0
     progress: bool = non_result(True)
+    stain: StainConfig = dataclasses.field(default_factory=StainConfig)
     wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
@@ -107,6 +115,8 @@ def validate(cfg: ExtractConfig) -> None:
         value = str(getattr(cfg, key)).lower()
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got '{value}'")
+    validate_batch(cfg.batch_size, cfg.max_batch_mem_gb)
+    cfg.stain.validate()
     for key in POSITIVE:
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
@@ -165,3 +175,11 @@ def validate_encode4k(cfg: Encode4KConfig) -> None:
         raise ConfigError(f"checkpoint4k {cfg.checkpoint4k} not found")
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+
+
+def validate_batch(batch_size: int | str, max_batch_mem_gb: float) -> None:
+    """``batch_size`` is ``auto`` or >= 1; the memory budget is > 0."""
+    if str(batch_size) != "auto" and (not str(batch_size).isdigit() or int(batch_size) < 1):
+        raise ConfigError(f"batch_size must be >= 1 or auto, got '{batch_size}'")
+    if float(max_batch_mem_gb) <= 0:
+        raise ConfigError(f"max_batch_mem_gb must be > 0, got {max_batch_mem_gb}")

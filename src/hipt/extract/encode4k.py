@@ -91,19 +91,11 @@ def encoder_info(
     meta: FeatureStoreMeta, model_4k: str, sha: str, dim: int, seed: int
 ) -> EncoderInfo:
     """The extraction settings a store with this ViT-4K would have been made with."""
-    return EncoderInfo(
-        model_256=meta.model_256,
+    return dataclasses.replace(
+        EncoderInfo.from_meta(meta, seed),
         model_4k=model_4k,
-        checkpoint_256_sha256=meta.checkpoint_256_sha256,
         checkpoint_4k_sha256=sha,
-        feature_dim_256=meta.feature_dim_256,
         feature_dim_4k=dim,
-        dtype=meta.dtype,
-        skip_background=meta.skip_background,
-        seed=seed,
-        precision=meta.precision,
-        fp32_matmul=meta.fp32_matmul,
-        decode=meta.decode,
     )
 
 

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from hipt.errors import one_line
 from hipt.models.grid import bag_to_grid
-from hipt.models.transforms import normalize_patches
+from hipt.models.preprocess import PatchPreprocess
+from hipt.models.vit256 import VIT256_PREPROCESSING
 from hipt.slides.regions import GRID
 
 GRID_PATCHES = GRID * GRID
@@ -54,27 +55,34 @@ class RegionEncoder(nn.Module):
     """The two frozen HIPT encoders and the official preprocessing (reference/hipt.md 3.4, 4.1).
 
     Args:
-        vit256: patch encoder, normalized ``[B, 3, P, P]`` -> CLS ``[B, D256]``.
+        vit256: patch encoder, preprocessed ``[B, 3, S, S]`` -> embedding ``[B, D256]``.
         vit4k: region encoder, grid ``[n, D256, 16, 16]`` -> CLS ``[n, D4k]``.
         pad_to: pad every patch batch to this size (keeps a compiled ViT-256 at one shape).
+        preprocess: uint8 patches -> the patch encoder's input (stain, resize, normalize);
+            default: HIPT's ``(x / 255 - 0.5) / 0.5`` at the patch's own size.
     """
 
-    def __init__(self, vit256: nn.Module, vit4k: nn.Module, pad_to: int | None = None) -> None:
+    def __init__(
+        self,
+        vit256: nn.Module,
+        vit4k: nn.Module,
+        pad_to: int | None = None,
+        preprocess: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.vit256 = vit256
         self.vit4k = vit4k
         self.pad_to = pad_to
+        self.preprocess = preprocess or PatchPreprocess(VIT256_PREPROCESSING)
 
     def encode_patches(self, patches: Tensor) -> Tensor:
-        """uint8 ``[B, 3, P, P]`` -> ViT-256 CLS ``[B, D256]`` (``(x / 255 - 0.5) / 0.5`` first)."""
+        """uint8 ``[B, 3, P, P]`` -> patch embeddings ``[B, D256]`` (preprocessed first)."""
         n = patches.shape[0]
         if self.pad_to is not None and n < self.pad_to:
             pad = patches.new_full((self.pad_to - n, *patches.shape[1:]), 255)
             patches = torch.cat([patches, pad])
-        x = normalize_patches(patches, layout="chw")
-        if (
-            x.is_cuda
-        ):  # the patch-embed conv is fastest channels-last (weights follow in the module)
+        x = self.preprocess(patches)
+        if x.is_cuda:  # the patch-embed conv is fastest channels-last (weights follow)
             x = x.contiguous(memory_format=torch.channels_last)
         return self.vit256(x)[:n]
 
@@ -86,7 +94,7 @@ class RegionEncoder(nn.Module):
         """ViT-256 CLS ``[D256]`` of an all-white patch (the fill of skipped background)."""
         white = torch.full((1, 3, patch_px, patch_px), 255, dtype=torch.uint8, device=device)
         eager = getattr(self.vit256, "module", self.vit256)  # no compile for one odd shape
-        return eager(normalize_patches(white, layout="chw"))[0]
+        return eager(self.preprocess(white))[0]
 
 
 class Finished(NamedTuple):

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 #: the encoders and their weights, the slide's geometry, the tiling and extraction settings.
 STALE_KEYS = (
     "slide_id", "model_256", "model_4k", "checkpoint_256_sha256", "checkpoint_4k_sha256",
-    "random_weights", "feature_dim_256", "feature_dim_4k", "target_mpp", "region_px", "patch_px",
+    "random_weights", "feature_dim_256", "feature_dim_4k", "input_px_256", "norm_256", "stain",
+    "target_mpp", "region_px", "patch_px",
     "slide_mpp", "mpp_source", "slide_width", "slide_height", "read_level", "read_size",
     "tiling_config_hash", "dtype", "skip_background", "precision", "fp32_matmul", "config_hash",
     "source_size_bytes", "n_regions", "schema_version",
@@ -46,6 +47,16 @@ class EncoderInfo:
     precision: str = "32-true"
     fp32_matmul: str = "ieee"
     decode: str = "cpu"
+    input_px_256: int = 256
+    norm_256: str = "mean=0.5,0.5,0.5 std=0.5,0.5,0.5 resize=none"
+    stain: str = "none"
+
+    @classmethod
+    def from_meta(cls, meta: FeatureStoreMeta, seed: int) -> EncoderInfo:
+        """The settings a store records (``seed``: extraction's, for random weights)."""
+        recorded = meta.to_dict()
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "seed"]
+        return cls(seed=seed, **{name: recorded[name] for name in names})
 
     @property
     def random_weights(self) -> bool:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import torch
 from lightning.pytorch import Trainer
 from torch import nn
 
 from hipt.errors import ConfigError, StaleOutputError
+from hipt.extract.batching import BatchChoice, choose_batch_size
 from hipt.extract.config import ExtractConfig, validate
 from hipt.extract.datamodule import ExtractDataModule
 from hipt.extract.encoder import CompiledOrEager, RegionEncoder
@@ -21,15 +23,19 @@ from hipt.extract.module import ExtractModule
 from hipt.extract.plan import EncoderInfo, Plan, expected_meta, make_plan, shard
 from hipt.extract.writer import FeatureWriter, SlideResult, SlideStoreSink
 from hipt.features.schema import FeatureStoreMeta
+from hipt.models.patch_vit import feature_width
+from hipt.models.preprocess import PatchPreprocess, norm_text
 from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul, uses_cuda
+from hipt.models.vit4k import region_encoder_for
 from hipt.provenance import git_state, sha256_file
 from hipt.shards import shard_balance
 from hipt.slides.decode import DecodePlan, resolve_decode
 from hipt.slides.tiles import SlideTiles, load_tiles, regions_file
 from hipt.stage import StageRun, is_launch_rank_zero
+from hipt.stain import StainNormalizer, stain_text
 
 if TYPE_CHECKING:
-    from hipt.models import Vit4K, Vit256
+    from hipt.models import Vit4K
 
 log = logging.getLogger(__name__)
 
@@ -52,18 +58,32 @@ def _checkpoint_sha(path: str | None, what: str) -> str | None:
     return sha256_file(path)
 
 
-def build_encoders(cfg: ExtractConfig) -> tuple[nn.Module, nn.Module, EncoderInfo]:
-    """Build both encoders (seeded, so random weights agree across ranks and reruns)."""
-    from hipt.models import build
+class Encoders(NamedTuple):
+    """The frozen encoders of a run, the patch preprocessing, and what identifies them."""
+
+    vit256: nn.Module
+    vit4k: nn.Module
+    preprocess: PatchPreprocess
+    info: EncoderInfo
+
+
+def build_encoders(cfg: ExtractConfig, patch_px: int = 256) -> Encoders:
+    """Build both encoders (seeded, so random weights agree across ranks and reruns).
+
+    The ViT-4K is built for the patch encoder's width (``input_dim = D``); its checkpoint must
+    have been trained on ``D``-d grids.
+    """
+    from hipt.models import build, model_spec
 
     torch.manual_seed(cfg.seed)
-    vit256 = cast("Vit256", build(cfg.model_256, checkpoint=cfg.checkpoint256))
-    vit4k = cast("Vit4K", build(cfg.model_4k, checkpoint=cfg.checkpoint4k))
-    d256, d4k_in = int(vit256.embed_dim), int(vit4k.input_dim)
-    if d256 != d4k_in:
-        raise ConfigError(
-            f"{cfg.model_256} gives {d256}-d features but {cfg.model_4k} expects {d4k_in}-d"
-        )
+    vit256 = build(cfg.model_256, checkpoint=cfg.checkpoint256)
+    d256 = feature_width(vit256)
+    vit4k = cast("Vit4K", region_encoder_for(cfg.model_4k, cfg.checkpoint4k, d256))
+    pre = model_spec(cfg.model_256).preprocessing
+    if pre is None:  # the spec check of validate() makes this unreachable
+        raise ConfigError(f"{cfg.model_256} declares no preprocessing")
+    stain = StainNormalizer.from_config(cfg.stain, "cpu")
+    preprocess = PatchPreprocess(pre, stain if stain.enabled else None)
     info = EncoderInfo(
         model_256=cfg.model_256,
         model_4k=cfg.model_4k,
@@ -74,8 +94,11 @@ def build_encoders(cfg: ExtractConfig) -> tuple[nn.Module, nn.Module, EncoderInf
         dtype=cfg.dtype,
         skip_background=cfg.skip_background,
         seed=cfg.seed,
+        input_px_256=pre.input_px,
+        norm_256=norm_text(pre, patch_px),
+        stain=stain_text(stain),
     )
-    return vit256.eval(), vit4k.eval(), info
+    return Encoders(vit256.eval(), vit4k.eval(), preprocess, info)
 
 
 def _warn_random(info: EncoderInfo) -> None:
@@ -137,7 +160,8 @@ def _predict(
     jobs: list[SlideTiles],
     metas: list[FeatureStoreMeta],
     plan: Plan,
-    encoders: tuple[nn.Module, nn.Module],
+    encoders: Encoders,
+    batch_size: int,
     precision: str,
     decode: DecodePlan,
     logger: Any,
@@ -147,16 +171,17 @@ def _predict(
     Returns:
         ``(results, world size)``: rank 0 gets every rank's results, the others None.
     """
-    vit256, vit4k = encoders
+    vit256, vit4k, preprocess = encoders.vit256, encoders.vit4k, encoders.preprocess
     n_todo = sum(jobs[i].n_regions for i in plan.todo)
     compiled = _want_compile(cfg, vit256, n_todo)
     if compiled:
         log.info("compiling %s with torch.compile", cfg.model_256)
         vit256 = CompiledOrEager(vit256)
-    encoder = RegionEncoder(vit256, vit4k, pad_to=cfg.batch_size if compiled else None)
+    encoder = RegionEncoder(vit256, vit4k, pad_to=batch_size if compiled else None,
+                            preprocess=preprocess)  # fmt: skip
     module = ExtractModule(encoder, cfg.skip_background, jobs[plan.todo[0]].geometry.patch_px)
     data = ExtractDataModule(
-        jobs, plan.todo, plan.fingerprint(jobs), cfg.batch_size, cfg.num_workers,
+        jobs, plan.todo, plan.fingerprint(jobs), batch_size, cfg.num_workers,
         cfg.reader_threads, cfg.prefetch_regions, cfg.skip_background, cfg.backend, decode.mode,
     )  # fmt: skip
     sink = SlideStoreSink(Path(cfg.out), jobs, metas, cfg.regions_per_chunk)
@@ -202,7 +227,8 @@ def run(cfg: ExtractConfig) -> int:
     out = Path(cfg.out)
     tiles = load_tiles(cfg.tiles)
     jobs = tiles.slides
-    vit256, vit4k, info = build_encoders(cfg)
+    encoders = build_encoders(cfg, jobs[0].geometry.patch_px if jobs else 256)
+    info = encoders.info
     precision = resolve_precision(cfg.precision, cfg.accelerator)
     device = torch.device("cuda" if uses_cuda(cfg.accelerator) else "cpu")
     decode = resolve_decode(cfg.decode, device.type, cfg.backend)
@@ -238,10 +264,11 @@ def run(cfg: ExtractConfig) -> int:
         t0 = time.perf_counter()
         results: list[SlideResult] | None = []
         world = 1
+        batch: BatchChoice | None = None
         if plan.todo:
-            encoders = (vit256, vit4k)
+            batch = _batch_size(cfg, encoders, jobs, plan, precision)
             results, world = _predict(
-                cfg, jobs, metas, plan, encoders, precision, decode, run.logger
+                cfg, jobs, metas, plan, encoders, batch.batch_size, precision, decode, run.logger
             )
         if results is None:  # a DDP child: rank 0 writes the summary
             return 0
@@ -256,6 +283,8 @@ def run(cfg: ExtractConfig) -> int:
             "skip_background": cfg.skip_background,
             "seconds": time.perf_counter() - t0,
             "shards": _balance(jobs, plan.todo, world),
+            "batch": batch.to_dict() if batch else None,
+            "stain": info.stain,
         }
         skipped = [j for j in jobs if j.slide_id in set(plan.skipped)]
         summary = _summary(results, skipped, plan.stale, extra)
@@ -268,6 +297,30 @@ def run(cfg: ExtractConfig) -> int:
         if summary["failed"]:
             run.close_logger(ok=False)
     return _report(summary, out)
+
+
+def _batch_size(
+    cfg: ExtractConfig, encoders: Encoders, jobs: list[SlideTiles], plan: Plan, precision: str
+) -> BatchChoice:
+    """The patch batch of this process: measured on its device (``batch_size=auto``)."""
+    device = torch.device("cpu")
+    if uses_cuda(cfg.accelerator):
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    world = (cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1) * cfg.num_nodes
+    per_rank = sum(jobs[i].n_regions for i in plan.todo) * 256 // max(world, 1)
+    if cfg.skip_background:
+        mask = sum(int(jobs[i].patch_mask.sum()) for i in plan.todo)
+        per_rank = mask // max(world, 1)
+    info = encoders.info
+    model = encoders.vit256.to(device)
+    try:
+        return choose_batch_size(
+            cfg.batch_size, model, encoders.preprocess.to(device),
+            f"{info.model_256}@{info.input_px_256}", device, precision, info.input_px_256,
+            jobs[plan.todo[0]].geometry.patch_px, cfg.max_batch_mem_gb, per_rank,
+        )  # fmt: skip
+    finally:
+        encoders.vit256.to("cpu")
 
 
 def _balance(jobs: list[SlideTiles], todo: list[int], world: int) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from hipt.slides.geometry import SlideGeometry
 
 #: v2: slide geometry (MPP and its source, read level/size, level-0 size) and crc32c checksums.
 #: v3: the precision, fp32 matmul mode and decode path the features were computed with.
-SCHEMA_VERSION = 3
+#: v4: the patch encoder's input (side, normalization, resize) and the stain normalization.
+SCHEMA_VERSION = 4
 
 #: What a model trained on stores depends on: stores of one cohort must agree on these, and a
 #: model applied to new stores (predict, heatmap) needs the same values.
@@ -17,6 +18,9 @@ PROVENANCE_KEYS = (
     "model_256",
     "checkpoint_256_sha256",
     "feature_dim_256",
+    "input_px_256",
+    "norm_256",
+    "stain",
     "model_4k",
     "checkpoint_4k_sha256",
     "feature_dim_4k",
@@ -41,6 +45,10 @@ class FeatureStoreMeta:
         random_weights: True when either encoder ran without a checkpoint.
         feature_dim_256: width of ``feats256`` (384 for ViT-S).
         feature_dim_4k: width of ``feats4k`` (192 for ViT-4K XS).
+        input_px_256: side of the patch encoder's input (256-px patches are resized to it).
+        norm_256: the patch encoder's input normalization and resize, as text.
+        stain: stain normalization of the patches: ``none`` or its provenance as canonical
+            JSON (method, reference and its fitted stain values).
         target_mpp: microns per pixel the regions were read at.
         region_px: region side at ``target_mpp`` (4096).
         patch_px: patch side at ``target_mpp`` (256).
@@ -93,6 +101,9 @@ class FeatureStoreMeta:
     read_downsample: float
     backend: str
     tiling_config_hash: str
+    input_px_256: int = 256
+    norm_256: str = "mean=0.5,0.5,0.5 std=0.5,0.5,0.5 resize=none"
+    stain: str = "none"
     dtype: str = "float16"
     skip_background: bool = False
     precision: str = "32-true"

@@ -79,6 +79,7 @@ def plan_model(cfg: ModelConfig, meta: FeatureStoreMeta, n_outputs: int) -> Mode
             kwargs.setdefault("input_dim", meta.feature_dim_4k)
         return ModelPlan(cfg.name, kind, kwargs, f"{cfg.name} on {kind} instances")
     kwargs.update(freeze_4k=cfg.freeze_4k, checkpoint_4k=cfg.checkpoint_4k)
+    kwargs.setdefault("grid_dim", meta.feature_dim_256)  # the ViT-4K reads D-d patch grids
     want = checkpoint_sha(cfg.checkpoint_4k) if cfg.checkpoint_4k else None
     same = want is not None and meta.checkpoint_4k_sha256 == want
     if cfg.input == "feats4k":

@@ -90,6 +90,8 @@ class HeatmapConfig:
             as QuPath measurements, and the tissue outline) for QuPath's File > Import objects.
         checkpoint256: ViT-256 weights; must be the file the store was made with.
         checkpoint4k: ViT-4K weights; must be the file the store was made with.
+        stain_reference: stores made with stain normalization: the reference image given to
+            extraction (``None``: the shipped reference); the store's record is checked.
         canvas_mpp: µm per canvas pixel of the drawings (8 ~ a 4,700 px canvas for a
             150k px slide at 0.25 µm/px).
         min_canvas_side: use a finer canvas when the longest side would be shorter than this.
@@ -127,6 +129,7 @@ class HeatmapConfig:
     geojson: bool = True
     checkpoint256: str | None = None
     checkpoint4k: str | None = None
+    stain_reference: str | None = None
     canvas_mpp: float = 8.0
     min_canvas_side: int = 1024
     smoothing: bool = False

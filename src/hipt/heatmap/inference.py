@@ -8,20 +8,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from hipt.errors import HiptError
 from hipt.models import (
     attention_maps,
     autocast_context,
     bag_to_grid,
     explicit_attention,
-    normalize_patches,
     prepare_images,
 )
+from hipt.models.patch_vit import token_size
+from hipt.models.preprocess import PatchPreprocess
+from hipt.models.vit256 import VIT256_PREPROCESSING
 from hipt.slides.pixels import split_patches
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import Block
-
-    from hipt.models import Vit256
 
 
 def shift_region(region: np.ndarray, offset_px: int) -> np.ndarray:
@@ -41,25 +42,41 @@ class Vit256Pass:
     :func:`hipt.models.attention_maps` does, so one pass gives both outputs.
 
     Args:
-        model: ``Vit256`` in eval mode, on ``device``.
+        model: a ViT patch encoder in eval mode, on ``device``.
         device: where it runs.
         batch_size: patches per forward.
+        preprocess: uint8 patches -> the encoder's input (the store's: stain, resize,
+            normalization); default: HIPT's normalization at the patch's own size.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        batch_size: int = 64,
+        preprocess: PatchPreprocess | None = None,
+    ) -> None:
         self.model = model
         self.device = device
         self.batch_size = batch_size
-        base = cast("Vit256", getattr(model, "_orig_mod", model))
-        self.last = cast("Block", base.blocks[-1])
-        self.token_px = int(base.patch_size)
+        self.preprocess = preprocess or PatchPreprocess(VIT256_PREPROCESSING)
+        base = getattr(model, "_orig_mod", model)
+        blocks = getattr(base, "blocks", None)
+        if not isinstance(blocks, nn.Sequential | nn.ModuleList) or not hasattr(blocks[-1], "attn"):
+            raise HiptError(
+                f"{getattr(base, 'hipt_architecture', type(base).__name__)} is not a ViT: the "
+                "token-level maps need a ViT patch encoder (use maps of the 4K and slide levels)"
+            )
+        self.last = cast("Block", blocks[-1])
+        self.token_size = token_size(base)
         self.num_prefix = int(getattr(base, "num_prefix_tokens", 1))
 
     def tokens_per_patch(self, patch_px: int) -> int:
-        """ViT-256 tokens per patch side (16 for 256-px patches of 16-px tokens)."""
-        if patch_px % self.token_px:
-            raise ValueError(f"patch_px {patch_px} is not a multiple of the token size")
-        return patch_px // self.token_px
+        """Tokens per patch side: 16 for 256-px patches of 16-px tokens or 224-px inputs of 14."""
+        side = self.preprocess.pre.input_px if self.preprocess.resizes(patch_px) else patch_px
+        if side % self.token_size:
+            raise ValueError(f"input side {side} is not a multiple of the token size")
+        return side // self.token_size
 
     @torch.inference_mode()
     def __call__(self, region: np.ndarray, patch_px: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +96,9 @@ class Vit256Pass:
         handle = self.last.norm1.register_forward_hook(lambda _m, _i, out: captured.append(out))
         try:
             for start in range(0, len(patches), self.batch_size):
-                x = normalize_patches(patches[start : start + self.batch_size], layout="hwc")
-                x = prepare_images(x, self.device)
+                chunk = torch.from_numpy(patches[start : start + self.batch_size])
+                chunk = chunk.permute(0, 3, 1, 2).to(self.device)
+                x = prepare_images(self.preprocess(chunk), self.device)
                 captured.clear()
                 with autocast_context(self.device):
                     out = self.model(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,9 +12,11 @@ from torch import nn
 from hipt.errors import HiptError
 from hipt.features import FeatureStoreMeta
 from hipt.features.store import provenance_problem
-from hipt.models import build
+from hipt.models import build, model_spec
 from hipt.models.checkpoints import CheckpointError
+from hipt.models.preprocess import PatchPreprocess, norm_text
 from hipt.models.slide import SlideModel, load_slide_model
+from hipt.models.vit4k import region_encoder_for
 from hipt.provenance import sha256_file
 
 __all__ = ["build_encoder", "check_provenance", "check_weights", "load_slide_model"]
@@ -52,13 +55,39 @@ def check_weights(level: str, given: str | None, stored_sha: str | None) -> str 
     return sha
 
 
-def build_encoder(name: str, checkpoint: str | None, device: torch.device) -> nn.Module:
-    """Build a ViT-256/ViT-4K by registry name, load weights strictly, eval mode on ``device``."""
+def build_encoder(
+    name: str, checkpoint: str | None, device: torch.device, grid_dim: int | None = None
+) -> nn.Module:
+    """Build an encoder by registry name, load weights strictly, eval mode on ``device``.
+
+    With ``grid_dim`` it is a region encoder for ``grid_dim``-d grids.
+    """
     try:
-        model = build(name, checkpoint=checkpoint)
+        model = (
+            build(name, checkpoint=checkpoint)
+            if grid_dim is None
+            else region_encoder_for(name, checkpoint, grid_dim)
+        )
     except CheckpointError as err:
         raise HiptError(f"cannot build encoder {name}: {err}") from None
     return model.eval().to(device)
+
+
+def patch_preprocess(
+    meta: FeatureStoreMeta, stain_reference: str | None, stain: Any
+) -> PatchPreprocess:
+    """The store's patch preprocessing (stain normalization, resize, normalization).
+
+    Raises:
+        HiptError: the patch encoder declares other inputs than the store records.
+    """
+    pre = model_spec(meta.model_256).preprocessing
+    if pre is None or norm_text(pre, meta.patch_px) != meta.norm_256:
+        raise HiptError(
+            f"the store's patch inputs ({meta.norm_256}) are not what {meta.model_256} "
+            "declares now; re-extract the features"
+        )
+    return PatchPreprocess(pre, stain)
 
 
 def check_provenance(slide: SlideModel, meta: FeatureStoreMeta, store: Path) -> None:

@@ -109,8 +109,8 @@ class RegionScorer:
         out: list[tuple[int, int]] = []
         for frac in shifts:
             px = round(frac * self.patch_px)
-            if px % self.vit256.token_px == 0 and (px, px // self.vit256.token_px) not in out:
-                out.append((px, px // self.vit256.token_px))
+            if (px * self.t) % self.patch_px == 0 and (px, px * self.t // self.patch_px) not in out:
+                out.append((px, px * self.t // self.patch_px))
         return out
 
     def _p4k(self, attn: np.ndarray, valid: np.ndarray) -> np.ndarray:

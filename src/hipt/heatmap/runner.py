@@ -30,6 +30,7 @@ from hipt.heatmap.models import (
     check_provenance,
     check_weights,
     load_slide_model,
+    patch_preprocess,
 )
 from hipt.heatmap.outputs import finish_outputs, map_names, remove_owned, summary_extra
 from hipt.heatmap.passes import MapSpec, RegionScorer
@@ -44,6 +45,7 @@ from hipt.slides.geometry import open_slide_at
 from hipt.slides.pixels import read_region_hwc
 from hipt.slides.regions import GRID
 from hipt.stage import StageRun, outputs_current
+from hipt.stain import normalizer_for_record
 from hipt.tasks.base import task_from_state
 
 if TYPE_CHECKING:
@@ -159,9 +161,15 @@ def open_inputs(cfg: HeatmapConfig, cache: ModelCache | None = None) -> Inputs:
     def encoders() -> tuple[nn.Module, nn.Module]:
         torch.manual_seed(cfg.seed)
         v256 = build_encoder(meta.model_256, cfg.checkpoint256, device)
-        return v256, build_encoder(meta.model_4k, cfg.checkpoint4k, device)
+        v4k = build_encoder(meta.model_4k, cfg.checkpoint4k, device, meta.feature_dim_256)
+        return v256, v4k
 
     vit256, store_4k = _cached(cache, ("encoders", *key), encoders)
+    stain_key = ("stain", meta.stain, str(cfg.stain_reference))
+    stain = _cached(
+        cache, stain_key, lambda: normalizer_for_record(meta.stain, cfg.stain_reference, device)
+    )
+    preprocess = patch_preprocess(meta, cfg.stain_reference, stain)  # fmt: skip
     vit4k = own_4k.eval() if own_4k is not None and vit4k_from == "model" else store_4k
     reader = open_slide_at(meta.geometry(), path=cfg.slide)  # last: nothing can fail after it
     shas = {
@@ -173,7 +181,7 @@ def open_inputs(cfg: HeatmapConfig, cache: ModelCache | None = None) -> Inputs:
         store,
         reader,
         device,
-        Vit256Pass(vit256, device, cfg.batch_size),
+        Vit256Pass(vit256, device, cfg.batch_size, preprocess),
         vit4k,
         vit4k_from,
         slide,

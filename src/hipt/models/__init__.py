@@ -4,6 +4,7 @@
 exported model from its card; ``export_model`` writes the one export format (weights + card).
 """
 
+from hipt.models import foundation as _foundation  # noqa: F401 (registers the entries)
 from hipt.models.attention import attention_maps, explicit_attention
 from hipt.models.card import ModelCard, ModelFileError, read_card
 from hipt.models.checkpoints import (

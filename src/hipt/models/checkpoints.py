@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hipt.errors import HiptError
+from hipt.errors import HiptError, one_line
 
 __all__ = [
     "CheckpointError",
@@ -36,6 +36,9 @@ WRAPPER_KEYS = ("teacher", "student", "state_dict", "model")
 #: Prefixes added by DDP (``module.``), DINO's MultiCropWrapper (``backbone.``) and
 #: ``torch.compile`` (``_orig_mod.``); stripped only at the start of a key.
 STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
+#: Prefixes of published foundation-model files (``model.`` of wrapped timm models, ``trunk.``
+#: of open_clip towers): stripped only when every key has it and the model's keys do not.
+SHARED_PREFIXES = ("model.", "trunk.", "encoder.", "module.")
 #: The DINO projection head of the MultiCropWrapper; never part of a backbone.
 DINO_HEAD_PREFIX = "head."
 _MAX_LISTED = 20
@@ -77,8 +80,52 @@ def torch_load_safe(path: str | PathLike[str]) -> Any:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refusing to unpickle objects outside the weights-only allow-list "
-            f"(tensors, containers, argparse.Namespace): {err}"
+            f"(tensors, containers, argparse.Namespace): {one_line(err)[:300]}"
         ) from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:  # truncated or not a torch file
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({one_line(err)[:200]}); the file is "
+            "damaged or incomplete: download it again"
+        ) from err
+
+
+def read_safetensors(path: str | PathLike[str]) -> dict[str, Tensor]:
+    """Tensors of a published ``.safetensors`` file (no card), one line when unreadable."""
+    import safetensors.torch
+
+    try:
+        return safetensors.torch.load_file(str(path), device="cpu")
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({one_line(err)[:200]}); the file is "
+            "damaged or incomplete: download it again"
+        ) from err
+
+
+def _is_hipt_export(path: Path) -> bool:
+    """Whether a ``.safetensors`` file was written by ``export_model``.
+
+    Its header names the architecture: such a file is only read with its card; published
+    weights have none.
+    """
+    import safetensors
+
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as fh:
+            return "architecture" in (fh.metadata() or {})
+    except Exception:  # noqa: BLE001 - unreadable: read_safetensors says so in one line
+        return False
+
+
+def _strip_shared_prefix(state: dict[str, Tensor], model: nn.Module | None) -> dict[str, Tensor]:
+    """Drop a prefix every key carries when the model's own keys do not carry it."""
+    if model is None or not state:
+        return state
+    own = model.state_dict().keys()
+    for prefix in SHARED_PREFIXES:
+        if all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in own):
+            return {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> tuple[Mapping[str, Any], str | None]:
@@ -137,13 +184,13 @@ def filter_hipt_checkpoint(
         if new_key in state:
             raise CheckpointError(f"checkpoint keys collide after stripping prefixes: '{new_key}'")
         state[new_key] = value
-    return state, dropped
+    return _strip_shared_prefix(state, model), dropped
 
 
 def _listing(title: str, items: list[str]) -> str:
     shown = ", ".join(items[:_MAX_LISTED])
     more = f", ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"\n  {title} ({len(items)}): {shown}{more}"
+    return f"{title} ({len(items)}): {shown}{more}"
 
 
 def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -161,14 +208,21 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, Tensor], source
         if state[k].shape != expected[k].shape
     )
     if missing or unexpected or mismatched:
-        message = f"strict load of {source} into {type(model).__name__} failed:"
-        if missing:
-            message += _listing("missing keys", missing)
-        if unexpected:
-            message += _listing("unexpected keys", unexpected)
-        if mismatched:
-            message += _listing("shape mismatches", mismatched)
-        raise CheckpointError(message)
+        name = getattr(model, "hipt_architecture", None)
+        what = f"{name} ({type(model).__name__})" if name else type(model).__name__
+        parts = [
+            _listing(title, items)
+            for title, items in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches", mismatched),
+            )
+            if items
+        ]
+        raise CheckpointError(
+            f"strict load of {source} into {what} failed: {'; '.join(parts)}; is it the "
+            f"checkpoint of {name or 'this architecture'}?"
+        )
     model.load_state_dict(state, strict=True)
 
 
@@ -213,11 +267,13 @@ def load_checkpoint(
         name = str(path)
         if not path.is_file():
             raise CheckpointError(f"checkpoint {path} does not exist")
-        raw = (
-            _read_export(path, architecture)
-            if path.suffix == ".safetensors"
-            else (torch_load_safe(path))
-        )
+        if path.suffix == ".safetensors":
+            from hipt.models.card import card_path
+
+            exported = card_path(path).is_file() or _is_hipt_export(path)
+            raw = _read_export(path, architecture) if exported else read_safetensors(path)
+        else:
+            raw = torch_load_safe(path)
         if not isinstance(raw, Mapping):
             raise CheckpointError(f"{path}: expected a dict, got {type(raw).__name__}")
     _, wrapper = _unwrap(raw)

@@ -59,9 +59,22 @@ def register_model(name: str, spec: ModelSpec) -> Callable[[F], F]:
     return deco
 
 
+def entry(name: str) -> ModelEntry:
+    """The registered entry of ``name``, or the one of a timm architecture (``timm:<arch>``).
+
+    Raises:
+        UnknownNameError: unknown name (a configuration error listing the valid names).
+    """
+    from hipt.models.timm_encoder import is_timm_name, timm_factory, timm_spec
+
+    if is_timm_name(name):
+        return ModelEntry(timm_factory(name), timm_spec(name))
+    return MODELS.get(name)
+
+
 def model_spec(name: str) -> ModelSpec:
     """The declaration of ``name``; unknown names are a configuration error (exit 2)."""
-    return MODELS.get(name).spec
+    return entry(name).spec
 
 
 def available(kind: str | None = None) -> list[str]:
@@ -104,7 +117,7 @@ def build(
         UnknownNameError: unknown ``name`` (a configuration error listing the valid names).
         CheckpointError: the weights do not fit.
     """
-    model = MODELS.get(name).factory(**overrides)
+    model = entry(name).factory(**overrides)
     tag_model(model, name, overrides)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -13,6 +13,7 @@ from hipt.models.grid import bag_to_grid
 from hipt.models.pooling import GatedAttention, SlideOutput, masked_attention_pool, valid_mask
 from hipt.models.scaler import FeatureScaler
 from hipt.models.spec import FEATS4K, FEATS256, SLIDE_HEAD, ModelSpec
+from hipt.models.vit4k import region_encoder_for
 
 if TYPE_CHECKING:
     from hipt.models.vit4k import Vit4K
@@ -155,7 +156,14 @@ class HiptLGP(nn.Module):
 def _hipt_lgp(
     vit4k: str | None, checkpoint_4k: str | None, defaults: dict[str, Any], overrides: Any
 ) -> HiptLGP:
-    local = None if vit4k is None else build(vit4k, checkpoint=checkpoint_4k)
+    grid_dim = overrides.pop("grid_dim", None)
+    local = None
+    if vit4k is not None:
+        local = (
+            build(vit4k, checkpoint=checkpoint_4k)
+            if grid_dim is None
+            else region_encoder_for(vit4k, checkpoint_4k, int(grid_dim))
+        )
     if local is None and checkpoint_4k is not None:
         raise ValueError("checkpoint_4k needs a vit4k region encoder")
     return HiptLGP(local, **{**defaults, **overrides})
@@ -170,7 +178,9 @@ def hipt_lgp(
     Args:
         vit4k: registry key of the region encoder, or None.
         checkpoint_4k: strict init of the region encoder (official DINO file or our export).
-        **overrides: :class:`HiptLGP` arguments (``n_classes``, ``freeze_4k``, ``dropout``...).
+        **overrides: :class:`HiptLGP` arguments (``n_classes``, ``freeze_4k``, ``dropout``...)
+            and ``grid_dim``: width of the ``feats256`` grids the ViT-4K reads (the patch
+            encoder's; default: the region encoder's own, 384).
     """
     return _hipt_lgp(vit4k, checkpoint_4k, {"embed_dim": 192}, overrides)
 

@@ -18,7 +18,7 @@ from hipt.models.transforms import HIPT_MEAN, HIPT_STD, PatchNormalize
 __all__ = ["VIT256_SPEC", "Vit256", "vit256_small", "vit256_tiny_test", "vit256_transform"]
 
 #: HIPT's patch encoders: 256-px patches, normalized with mean = std = 0.5 (reference/hipt.md 3.4).
-VIT256_PREPROCESSING = Preprocessing(input_px=256, mean=HIPT_MEAN, std=HIPT_STD)
+VIT256_PREPROCESSING = Preprocessing(input_px=256, mean=HIPT_MEAN, std=HIPT_STD, resize=False)
 VIT256_SPEC = ModelSpec(kind=PATCH_ENCODER, inputs=(PIXELS,), preprocessing=VIT256_PREPROCESSING)
 
 

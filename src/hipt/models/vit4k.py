@@ -144,3 +144,25 @@ def vit4k_xs(**overrides: Any) -> Vit4K:
 def vit4k_tiny_test(**overrides: Any) -> Vit4K:
     """Tiny ViT-4K on ``vit256_tiny_test`` features: 32 -> 16, 2 blocks, 2 heads."""
     return Vit4K(**{"input_dim": 32, "embed_dim": 16, "depth": 2, "num_heads": 2, **overrides})
+
+
+def region_encoder_for(name: str, checkpoint: str | None, input_dim: int) -> nn.Module:
+    """A registered region encoder built for ``input_dim``-d patch features (the store's ``D``).
+
+    Raises:
+        CheckpointError: the checkpoint was trained on grids of another width (one line
+            naming both widths and the fix), or does not fit otherwise.
+    """
+    from hipt.models.checkpoints import CheckpointError
+    from hipt.models.factory import build
+
+    try:
+        return build(name, checkpoint=checkpoint, input_dim=input_dim)
+    except CheckpointError as err:
+        if "phi.0.weight" not in str(err):
+            raise
+        raise CheckpointError(
+            f"{checkpoint}: this {name} was trained on grids of another width than the "
+            f"{input_dim}-d features of the patch encoder; pretrain a ViT-4K on these stores "
+            "(make pretrain-4k) or extract with the patch encoder it was trained on"
+        ) from None

@@ -7,6 +7,7 @@ from typing import Any
 
 from hipt.config import WandbConfig, hardware, non_result
 from hipt.errors import ConfigError
+from hipt.stain import StainConfig
 
 LEVELS = ("256", "4k")
 
@@ -250,6 +251,8 @@ class PretrainConfig:
         checkpoint_every_n_steps: interval of ``checkpoints/last.ckpt`` (also written when a
             one-process run is interrupted; a multi-process run resumes from the last interval,
             as saving then could deadlock on the processes that did not fail).
+        stain: level 256: stain normalization of the patches before the views are cut (off by
+            default); recorded in the exported ViT-256's card.
     """
 
     level: str = "256"
@@ -266,6 +269,7 @@ class PretrainConfig:
     crops256: TileCropConfig = dataclasses.field(default_factory=TileCropConfig)
     crops4k: GridCropConfig = dataclasses.field(default_factory=GridCropConfig)
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    stain: StainConfig = dataclasses.field(default_factory=StainConfig)
     wandb: WandbConfig = non_result(default_factory=WandbConfig)
 
 
@@ -282,6 +286,11 @@ def validate(cfg: PretrainConfig) -> None:
     else:
         _check(bool(cfg.data.features), "level 4k needs data.features (FEATURES=<store folder>)")
     _check(cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}")
+    cfg.stain.validate()
+    _check(
+        cfg.level == "256" or cfg.stain.method == "none",
+        "stain applies to pixels (level 256); level 4k reads features made with the stores' stain",
+    )
     _check(cfg.data.num_workers >= 0, "data.num_workers must be >= 0")
     _check(not (cfg.resume and cfg.overwrite), "resume=true and overwrite=true exclude each other")
     _check(cfg.checkpoint_every_n_steps >= 1, "checkpoint_every_n_steps must be >= 1")

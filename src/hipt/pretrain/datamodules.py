@@ -247,6 +247,7 @@ class TileDataModule(_DinoDataModule):
         patch_cache: folder of an optional uint8 patch cache (built in ``prepare_data``).
         max_samples: evenly spaced subset of the patches.
         pin_memory: pin host memory on CUDA.
+        stain: the stain normalization ``transform`` applies (recorded in ``trained_on``).
     """
 
     def __init__(
@@ -260,8 +261,10 @@ class TileDataModule(_DinoDataModule):
         patch_cache: str | Path | None = None,
         max_samples: int | None = None,
         pin_memory: bool = True,
+        stain: str = "none",
     ) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory)
+        self.stain = stain
         self.tiles_path = Path(tiles)
         self.transform = transform
         self.backend = backend
@@ -313,6 +316,7 @@ class TileDataModule(_DinoDataModule):
             "target_mpp": sorted({g.target_mpp for g in geoms}),
             "patch_px": sorted({g.patch_px for g in geoms}),
             "n_slides": len(geoms),
+            "stain": self.stain,
         }
 
 

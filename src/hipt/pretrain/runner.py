@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from hipt.config import HARDWARE, NON_RESULT, keys_with_role, to_container
 from hipt.errors import ConfigError, HiptError, StaleOutputError
+from hipt.features.store import read_meta
 from hipt.io import remove_path
 from hipt.models import Vit4K, Vit256, build, model_spec
 from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul
@@ -31,9 +32,10 @@ from hipt.pretrain.export import BACKBONE, SIDECAR, export_teacher
 from hipt.pretrain.heads import MultiCropWrapper, build_head
 from hipt.pretrain.loss import DinoCriterion
 from hipt.pretrain.schedules import DinoOptim, global_batch_size
-from hipt.pretrain.transforms import GridMultiCrop, TileMultiCrop
+from hipt.pretrain.transforms import GridMultiCrop, StainedViews, TileMultiCrop
 from hipt.provenance import sha256_file
 from hipt.stage import StageRun, is_launch_rank_zero
+from hipt.stain import StainNormalizer, stain_text
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +121,11 @@ def build_module(cfg: PretrainConfig) -> DinoModule:
             f"model.name '{name}' is a {kind.replace('_', ' ')}, which level {level} cannot "
             f"train (it trains a {want})"
         )
-    student = cast(Vit256 | Vit4K, build(name, drop_path_rate=cfg.model.drop_path_rate))
-    teacher = build(name)
+    width: dict[str, Any] = (
+        {} if level == "256" else {"input_dim": stores_feature_dim(cfg.data.features)}
+    )
+    student = cast(Vit256 | Vit4K, build(name, drop_path_rate=cfg.model.drop_path_rate, **width))
+    teacher = build(name, **width)
     h = cfg.head
     heads = [
         build_head(
@@ -167,10 +172,13 @@ def build_datamodule(
     if cfg.level == "256":
         if d.tiles is None:  # validate() already rejects this
             raise ConfigError("level 256 needs data.tiles (TILES=<tile-stage output>)")
-        transform = TileMultiCrop(**to_container(cfg.crops256))
+        views = TileMultiCrop(**to_container(cfg.crops256))
+        stain = StainNormalizer.from_config(cfg.stain, "cpu")
+        transform = StainedViews(stain, views) if stain.enabled else views
         return TileDataModule(
-            d.tiles, transform, backend=d.backend, patch_cache=d.patch_cache, **common
-        )
+            d.tiles, transform, backend=d.backend, patch_cache=d.patch_cache,
+            stain=stain_text(stain), **common,
+        )  # fmt: skip
     if d.features is None:  # validate() already rejects this
         raise ConfigError("level 4k needs data.features (FEATURES=<store folder>)")
     grid = GridMultiCrop(**to_container(cfg.crops4k))
@@ -178,6 +186,22 @@ def build_datamodule(
     return RegionGridDataModule(
         d.features, feature_dim, grid, min_tissue_patches=d.min_tissue_patches, **common
     )
+
+
+def stores_feature_dim(features: str | None) -> int:
+    """``D`` of the stores' ``feats256`` (the ViT-4K's ``input_dim``), read from one store.
+
+    The data module checks every store against it (a cohort mixing encoders is refused).
+    """
+    if features is None:  # validate() already rejects this
+        raise ConfigError("level 4k needs data.features (FEATURES=<store folder>)")
+    root = Path(features)
+    stores = [root] if (root / "zarr.json").is_file() else sorted(root.glob("*.zarr"))
+    for path in stores:
+        meta = read_meta(path)
+        if meta is not None:
+            return int(meta.feature_dim_256)
+    raise HiptError(f"{root}: no <slide>.zarr feature stores; run `make extract-features` first")
 
 
 def cpu_threads_per_process(trainer: Trainer) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple, cast
 
 import numpy as np
@@ -200,3 +200,27 @@ class GridMultiCrop:
     def __call__(self, grid: Tensor, seed: int) -> list[Tensor]:
         """Views of one grid ``[D, H, W]``: 2 ``[D, G, G]`` then the ``[D, L, L]`` locals."""
         return [grid_view(grid, v) for v in self.sample(grid.shape[-2], grid.shape[-1], seed)]
+
+
+class StainedViews:
+    """Stain-normalize a uint8 ``[H, W, 3]`` patch, then cut the views of ``views``.
+
+    Args:
+        stain: normalizer, ``uint8 [B, 3, H, W] -> uint8 [B, 3, H, W]``.
+        views: ``(patch, seed) -> views`` (:class:`TileMultiCrop`).
+    """
+
+    def __init__(
+        self,
+        stain: Callable[[Tensor], Tensor],
+        views: Callable[[np.ndarray, int], list[Tensor]],
+    ) -> None:
+        self.stain = stain
+        self.views = views
+        self.n_views = int(getattr(views, "n_views", 0))
+
+    def __call__(self, patch: np.ndarray, seed: int) -> list[Tensor]:
+        """Views of the normalized patch."""
+        chw = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)[None]
+        normalized = self.stain(chw)[0].permute(1, 2, 0).contiguous().numpy()
+        return self.views(normalized, seed)
