@@ -12,6 +12,8 @@ SHORTCUTS = {
     "OUT": "out",
     "CHECKPOINT256": "checkpoint256",
     "CHECKPOINT4K": "checkpoint4k",
+    "MODEL256": "model_256",
+    "model256": "model_256",
 }
 
 

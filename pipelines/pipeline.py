@@ -16,6 +16,7 @@ SHORTCUTS = {
     "TASKS": "tasks",
     "CHECKPOINT256": "checkpoint256",
     "CHECKPOINT4K": "checkpoint4k",
+    "MODEL256": "model256",
     "PRETRAIN": "pretrain",
     "ANNOTATIONS": "annotations",
     "EXTERNAL_SLIDES": "external_slides",

@@ -62,7 +62,9 @@ def expand_shortcuts(
     out: list[str] = []
     for tok in argv:
         key, sep, value = tok.partition("=")
-        if sep and key in old:
+        if sep and key in shortcuts and not key.isupper():  # a lower-case alias of a key
+            out.append(f"{shortcuts[key]}={value}")
+        elif sep and key in old:
             dep = old[key]
             log.warning("%s= is deprecated: %s", key, dep.message)
             if dep.key is not None:

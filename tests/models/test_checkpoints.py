@@ -210,7 +210,13 @@ def test_patch_encoder_card_declares_preprocessing(tmp_path: Path) -> None:
     out = export_model(build("vit256_tiny_test"), tmp_path / "v256")
     card = read_card(out)
     assert (card.kind, card.consumes) == ("patch_encoder", "pixels")
-    assert card.preprocessing == {"input_px": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": False}
+    want = {"input_px": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": False}
+    assert card.preprocessing == want
+        "input_px": 256,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "resize": False,
+    }
 
 
 def test_legacy_backbone_sidecar_still_loads(tmp_path: Path) -> None:

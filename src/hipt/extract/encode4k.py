@@ -211,12 +211,13 @@ def build_encoder(cfg: Encode4KConfig) -> Encoder4K:
     from hipt.models.card import card_path, read_card
 
     ckpt = Path(cfg.checkpoint4k)
-    name = cfg.model_4k
-    if name is None:
-        name = read_card(ckpt).architecture if card_path(ckpt).is_file() else "vit4k_xs"
+    card = read_card(ckpt) if card_path(ckpt).is_file() else None
+    name = cfg.model_4k or (card.architecture if card else "vit4k_xs")
     model_spec(name)  # an unknown name is a configuration error naming the choices
     device = resolve_device(cfg.accelerator)
-    model = cast("Vit4K", build(name, checkpoint=ckpt)).eval().to(device)
+    # an export knows its architecture arguments (input_dim: the width it was trained on)
+    kwargs = card.kwargs if card is not None and card.architecture == name else {}
+    model = cast("Vit4K", build(name, checkpoint=ckpt, **kwargs)).eval().to(device)
     return Encoder4K(model, name, sha256_file(ckpt), int(model.embed_dim), device, cfg.seed)
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from hipt.models.card import ModelCard, ModelFileError, read_card, save_model
 from hipt.models.checkpoints import CheckpointSource, load_checkpoint
-from hipt.models.spec import ModelSpec
+from hipt.models.spec import PATCH_ENCODER, ModelSpec
 from hipt.registry import Registry
 
 __all__ = [
@@ -189,6 +189,10 @@ def export_model(
     if kind not in spec.inputs:
         raise ModelFileError(f"{name} cannot consume {kind} (it takes {', '.join(spec.inputs)})")
     width = getattr(target, "embed_dim", None)
+    if spec.kind == PATCH_ENCODER:  # e.g. Virchow's CLS + mean: twice its token width
+        from hipt.models.patch_vit import feature_width
+
+        width = feature_width(target)
     card = ModelCard(
         architecture=name,
         kwargs=dict(getattr(target, "hipt_overrides", {})),

@@ -27,6 +27,9 @@ class PipelineConfig:
             re-encodes ``feats4k`` with it; ``both`` pretrains ViT-256 first as well.
         checkpoint256: ViT-256 weights (needed unless ``pretrain=both``).
         checkpoint4k: ViT-4K weights (needed when ``pretrain=none``).
+        model256: the patch encoder (``MODEL256=uni``, ``timm:<arch>``; default: extraction's
+            ``vit256_small``), for extraction of both cohorts and, with ``pretrain=both``,
+            pretrain-256; the ViT-4K is built for its width.
         annotations: folder of QuPath ``<slide_id>.geojson`` (regions of interest).
         external_slides: slides of an independent cohort (folder or manifest CSV): tiled and
             extracted with the same encoders, then predicted by every task's fold models.
@@ -63,6 +66,7 @@ class PipelineConfig:
     pretrain: str = "none"
     checkpoint256: str | None = None
     checkpoint4k: str | None = None
+    model256: str | None = None
     annotations: str | None = None
     external_slides: str | None = None
     external_cohort: str | None = None

@@ -83,7 +83,7 @@ class PipelinePlan:
                     [f"slides={cfg.external_slides}", f"out={tiles}", *as_args(cfg.tile)],
                     tiles, "regions.parquet", reads=("external_slides",),
                     writes=("external_tiles",), tolerate="partial")  # fmt: skip
-        argv = [f"tiles={tiles}", f"out={features}"]
+        argv = [f"tiles={tiles}", f"out={features}", *self._model256("model_256")]
         reads = ["external_tiles"]
         for key, path, made_by in (("checkpoint256", self.checkpoint256, "vit256"),
                                    ("checkpoint4k", self.checkpoint4k, "vit4k")):  # fmt: skip
@@ -105,6 +105,10 @@ class PipelinePlan:
                               reads=("external_features", "external_cohort", f"model:{task}"),
                               writes=(f"predictions:{task}",), tolerate="partial"))  # fmt: skip
         return steps
+
+    def _model256(self, key: str) -> list[str]:
+        """``key=<model256>`` when the pipeline names a patch encoder."""
+        return [f"{key}={self.cfg.model256}"] if self.cfg.model256 else []
 
     def _tile(self) -> Step:
         argv = [f"slides={self.cfg.slides}", f"out={self.tiles}"]
@@ -129,7 +133,9 @@ class PipelinePlan:
         source = f"data.tiles={data}" if level == "256" else f"data.features={data}"
         out = self.p256 if level == "256" else self.p4k
         extra = cfg.pretrain_256 if level == "256" else cfg.pretrain_4k
-        argv = [f"config={config}", f"level={level}", source, f"out={out}", *as_args(extra)]
+        model = self._model256("model.name") if level == "256" else []
+        argv = [f"config={config}", f"level={level}", source, f"out={out}", *model,
+                *as_args(extra)]  # fmt: skip
         return Step(
             f"pretrain_{level}",
             f"pretrain-{level}",
@@ -143,7 +149,7 @@ class PipelinePlan:
 
     def _extract(self) -> Step:
         cfg = self.cfg
-        argv = [f"tiles={self.tiles}", f"out={self.features}"]
+        argv = [f"tiles={self.tiles}", f"out={self.features}", *self._model256("model_256")]
         if self.checkpoint256:
             argv.append(f"checkpoint256={self.checkpoint256}")
         if cfg.checkpoint4k:  # with PRETRAIN=4k|both, encode-4k replaces feats4k afterwards

@@ -94,6 +94,14 @@ def slides_digest(slides: Path) -> str:
     return listing_digest(slides) if slides.is_dir() else sha256_file(slides)
 
 
+def stain_reference(extract: dict[str, Any]) -> str | None:
+    """The stain reference image given to extraction (``extract.stain.reference``), if any."""
+    stain = extract.get("stain")
+    if isinstance(stain, dict) and stain.get("reference"):
+        return str(stain["reference"])
+    return None
+
+
 class PipelineRunner(StepRunner):
     """Orchestrates one ``make pipeline``.
 
@@ -201,6 +209,9 @@ class PipelineRunner(StepRunner):
             ):
                 if path:
                     argv.append(f"{key}={path}")
+            reference = stain_reference(self.cfg.extract)
+            if reference:  # the maps recompute patch features with extraction's stain
+                argv.append(f"stain_reference={reference}")
             argv += as_args(self.cfg.heatmap)
             steps.append(
                 Step(
