@@ -12,7 +12,7 @@ export PYTHONUNBUFFERED := 1
 export WANDB_SILENT := true
 
 .PHONY: help setup setup-gpu setup-browser test test-all test-gpu gpu-check lint typecheck format tile pretrain-256 pretrain-4k extract-features encode-4k finetune predict heatmap pipeline demo \
-	bench bench-tile bench-roi bench-models bench-extract bench-shards
+	bench bench-tile bench-roi bench-models bench-extract bench-shards bench-encoders
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -68,7 +68,7 @@ tile: setup ## tile slides into 4096-px regions: make tile SLIDES=<folder|manife
 pretrain-256: setup ## DINO ViT-256 on 256-px tissue patches: make pretrain-256 TILES=<tile out> OUT=<folder>
 	$(PY) -m pipelines.pretrain level=256 $(ARGS)
 
-extract-features: setup ## cache ViT-256/ViT-4K features in Zarr: make extract-features TILES=<tile out> OUT=<folder> [CHECKPOINT256= CHECKPOINT4K=]
+extract-features: setup ## cache patch/ViT-4K features in Zarr: make extract-features TILES=<tile out> OUT=<folder> [MODEL256=uni|timm:<arch> CHECKPOINT256= CHECKPOINT4K= stain.method=macenko]
 	$(PY) -m pipelines.extract_features $(ARGS)
 
 pretrain-4k: setup ## DINO ViT-4K on [384,16,16] feature grids: make pretrain-4k FEATURES=<stores> OUT=<folder>
@@ -86,13 +86,13 @@ predict: setup ## apply trained slide models to a new cohort: make predict MODEL
 heatmap: setup ## attention maps: make heatmap SLIDE=<slide> FEATURES=<store.zarr> [MODEL=<fold dir>] OUT=<folder>
 	$(PY) -m pipelines.heatmap $(ARGS)
 
-pipeline: setup ## a cohort through every stage, resumable: make pipeline SLIDES=<folder|csv> COHORT=<csv> OUT=<folder> TASKS=subtype,survival [CHECKPOINT256= CHECKPOINT4K= PRETRAIN=none|4k|both dry_run=true]
+pipeline: setup ## a cohort through every stage, resumable: make pipeline SLIDES=<folder|csv> COHORT=<csv> OUT=<folder> TASKS=subtype,survival [MODEL256= CHECKPOINT256= CHECKPOINT4K= PRETRAIN=none|4k|both dry_run=true]
 	$(PY) -m pipelines.pipeline $(ARGS)
 
 demo: setup ## every stage on a generated cohort of real tissue (~11 min on 2 CPU cores); report in data/demo/report.md
 	$(PY) -m pipelines.demo $(ARGS)
 
-bench: bench-tile bench-roi bench-models bench-extract bench-shards ## every benchmark, each against its baseline in the same process
+bench: bench-tile bench-roi bench-models bench-extract bench-shards bench-encoders ## every benchmark, each against its baseline in the same process
 
 bench-tile: setup ## regions/s of our reader vs a CLAM-style OpenSlide loop; peak RSS vs slide size
 	$(PY) benchmarks/bench_tile.py $(ARGS)
@@ -108,3 +108,6 @@ bench-extract: setup ## extraction regions/s vs an official-HIPT-style loop (sam
 
 bench-shards: setup ## regions per rank (max/mean) of the balanced slide deal vs round-robin on a skewed cohort: make bench-shards [tiles=<tile out>]
 	$(PY) benchmarks/bench_shards.py $(ARGS)
+
+bench-encoders: setup ## images/s and peak memory per registered encoder family at batch 32 on this CPU (tiny variants where the full model does not fit the time), and on GPU when CUDA is present; the ratio to ViT-S/16 (vit256_small) in the same run: make bench-encoders [budget_s=60 only=uni,virchow2 quick=true json=<file>]
+	$(PY) benchmarks/bench_encoders.py $(ARGS)

@@ -48,7 +48,7 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_models import make_style_args, vit_gflops  # noqa: E402
+from bench_models import make_style_args, matmul_peak_gflops, vit_gflops  # noqa: E402
 from hipt.config import load_config  # noqa: E402
 from hipt.extract.config import ExtractConfig  # noqa: E402
 from hipt.extract.runner import run as run_stage  # noqa: E402
@@ -303,6 +303,7 @@ def main() -> None:
         if args.compile:
             runs.append(("ours compile=true", ours, ("ours_c", "compile=true")))
         times, cpu = {}, {}
+        peak = matmul_peak_gflops(torch.device("cpu"), torch.float32, 2048, reps=5)
         for name, fn, (folder, *extra) in runs:
             c0 = cpu_seconds()
             times[name] = fn(tiles, work / folder, *w, *extra)
@@ -312,22 +313,29 @@ def main() -> None:
         base = times["official-style loop"]
         model = build(m256)
         gflop = vit_gflops(256, 16, model.embed_dim, len(model.blocks)) * 256
+        peak = max(peak, matmul_peak_gflops(torch.device("cpu"), torch.float32, 2048, reps=5))
+        floor = gflop / peak  # seconds per region if the ViT-256 ran at the matmul peak
         print(f"machine: {platform.machine()} {os.cpu_count()} cores, torch threads "
               f"{torch.get_num_threads()}, torch {torch.__version__}; encoders {m256} + {m4k}; "
               f"{n} regions ({', '.join(f'{s}: {(df.slide_id == s).sum()}' for s in slides)}); "
               f"load avg before {load0[0]:.2f}")  # fmt: skip
         print(f"ViT-256 per region: {gflop:.0f} GFLOP; times are end to end (the official loop "
               "without model building, ours with planning and Trainer start-up)")  # fmt: skip
+        print(f"compute floor: {gflop:.0f} GFLOP per region at this CPU's fp32 matmul peak "
+              f"({peak:.1f} GFLOP/s, 2048^3, best of the runs' start and end) = {floor:.2f} s "
+              "per region; 'floor share' = floor / measured s per region")  # fmt: skip
         print(f"{'run':<28} {'seconds':>8} {'regions/s':>10} {'s/region':>9} {'speed-up':>9} "
-              f"{'CPU s':>7} {'CPU speed-up':>12}")  # fmt: skip
+              f"{'floor share':>11} {'CPU s':>7} {'CPU speed-up':>12}")  # fmt: skip
         for name, secs in times.items():
             print(f"{name:<28} {secs:>8.1f} {n / secs:>10.4f} {secs / n:>9.2f} "
-                  f"{base / secs:>8.2f}x {cpu[name]:>7.1f} "
+                  f"{base / secs:>8.2f}x {100 * floor * n / secs:>10.0f}% {cpu[name]:>7.1f} "
                   f"{cpu['official-style loop'] / cpu[name]:>11.2f}x")  # fmt: skip
-        cfg = load_config(ExtractConfig, "extract.yaml", [f"tiles={tiles}"])
-        print(forward_share(m256, p256, cfg.batch_size, compiled=False))
+        chosen = json.loads((work / "ours" / "summary.json").read_text())["batch"]
+        print(f"ours: batch size {chosen['batch_size']} ({chosen['how']}; measured images/s "
+              f"{chosen['images_per_s'] or '-'})")  # fmt: skip
+        print(forward_share(m256, p256, int(chosen["batch_size"]), compiled=False))
         if args.compile:
-            print(forward_share(m256, p256, cfg.batch_size, compiled=True))
+            print(forward_share(m256, p256, int(chosen["batch_size"]), compiled=True))
         print("\n".join(fidelity(work, slides)))
         if args.rss:
             print("\n".join(peak_rss(work, "vit256_tiny_test", "vit4k_tiny_test")))

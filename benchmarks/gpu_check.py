@@ -211,6 +211,21 @@ def bench_decode(
     return rows
 
 
+def bench_encoders(dry: bool, timeout_s: int = 240) -> str:
+    """images/s and peak memory of every encoder family vs ViT-S/16 on this device (bf16)."""
+    args = ["--device", "cpu", "--quick"] if dry else ["--device", "cuda", "--budget-s", "20"]
+    try:
+        res = subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "bench_encoders.py"), *args],
+            cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"not finished within {timeout_s} s\n"
+    if res.returncode != 0:
+        return f"failed (exit {res.returncode}): {res.stderr[-800:]}\n"
+    return res.stdout
+
+
 def report(
     env: dict[str, Any],
     tests: dict[str, Any],
@@ -322,7 +337,9 @@ def main(argv: list[str]) -> int:
         "peak_tflops": matmul_peak(device, dtype, n=2048 if dry else 8192) / 1e12,
     }
     choice = choose(rows)
+    encoders = bench_encoders(dry)
     text = report(env, tests, rows, floor, choice, dry, time.perf_counter() - t0)
+    text += "\n## Patch encoders (`make bench-encoders`)\n\n" + encoders
     args.out.write_text(text)
     print(text)
     print(f"gpu-check: report written to {args.out}")

@@ -156,3 +156,22 @@ def test_tcga_style_columns_and_valid_cohort(tmp_path, features):
     assert pts.loc["P0", "slide_ids"] == ("S0.svs", "S1.svs")
     assert pts["event"].tolist() == [1, 0, 1]
     assert cohort.slides["store"].str.endswith("S0.zarr").any()
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("model_256", {"model_256": "uni", "feature_dim_256": 1024, "input_px_256": 224}),
+        ("stain", {"stain": '{"method":"macenko"}'}),
+    ],
+)
+def test_stores_of_another_patch_encoder_or_stain_are_refused(tmp_path, field, change):
+    """A cohort whose stores mix patch encoders (or stain normalizations) is refused, naming
+    the odd store's row and the differing field in one line."""
+    folder = tmp_path / "features"
+    for i, sid in enumerate(TEN[:6]):
+        make_store(folder, sid, seed=i)
+    make_store(folder, "MIXED", **change)
+    csv = write_csv(tmp_path, f"slide_id,patient_id,subtype\n{SUBTYPE_OK}\nMIXED,P11,A\n")
+    hit = find(problems(csv, folder), "other settings", field)
+    assert hit.startswith("row 8:") and "\n" not in hit

@@ -81,3 +81,26 @@ def test_sampler_epochs_resume_and_tiny_datasets():
     assert list(resumed) == e0[12:]
     tiny = list(ShardedEpochSampler(3, 4, seed=0))
     assert len(tiny) == 4 and {k.index for k in tiny} == {0, 1, 2}
+
+
+def test_stained_views_cut_the_views_of_the_normalized_patch():
+    """StainedViews(stain, views)(patch, seed) == views(stain(patch), seed): the stain runs on
+    the whole patch first (channels-first uint8, as the extraction normalizer takes it)."""
+    import numpy as np
+    import torch
+
+    from hipt.pretrain.transforms import StainedViews, TileMultiCrop
+
+    views = TileMultiCrop(n_local_crops=2)
+    patch = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+
+    def invert(x: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.uint8 and x.shape == (1, 3, 256, 256)
+        return 255 - x
+
+    got = StainedViews(invert, views)(patch, seed=3)
+    want = views(255 - patch, seed=3)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(views(patch, seed=3)[0], want[0])

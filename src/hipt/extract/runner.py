@@ -284,7 +284,7 @@ def run(cfg: ExtractConfig) -> int:
             "seconds": time.perf_counter() - t0,
             "shards": _balance(jobs, plan.todo, world),
             "batch": batch.to_dict() if batch else None,
-            "stain": info.stain,
+            "stain": _stain_counts(encoders, info.stain),
         }
         skipped = [j for j in jobs if j.slide_id in set(plan.skipped)]
         summary = _summary(results, skipped, plan.stale, extra)
@@ -297,6 +297,16 @@ def run(cfg: ExtractConfig) -> int:
         if summary["failed"]:
             run.close_logger(ok=False)
     return _report(summary, out)
+
+
+def _stain_counts(encoders: Encoders, record: str) -> dict[str, Any]:
+    """The stain setting and how many patches it normalized or passed through (this rank)."""
+    stain = encoders.preprocess.stain
+    counts = {
+        "normalized": getattr(stain, "n_normalized", 0),
+        "passed_through": getattr(stain, "n_passthrough", 0),
+    }
+    return {"record": record, **(counts if stain is not None else {})}
 
 
 def _batch_size(
@@ -321,6 +331,9 @@ def _batch_size(
         )  # fmt: skip
     finally:
         encoders.vit256.to("cpu")
+        stain = encoders.preprocess.stain
+        if isinstance(stain, StainNormalizer):  # count the slides' patches, not the timing
+            stain.n_normalized = stain.n_passthrough = 0
 
 
 def _balance(jobs: list[SlideTiles], todo: list[int], world: int) -> dict[str, Any]:

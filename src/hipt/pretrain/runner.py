@@ -22,6 +22,7 @@ from hipt.errors import ConfigError, HiptError, StaleOutputError
 from hipt.features.store import read_meta
 from hipt.io import remove_path
 from hipt.models import Vit4K, Vit256, build, model_spec
+from hipt.models.patch_vit import feature_width
 from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul
 from hipt.models.spec import PATCH_ENCODER, REGION_ENCODER
 from hipt.pretrain.callbacks import RankSync, SaveOnException
@@ -129,7 +130,7 @@ def build_module(cfg: PretrainConfig) -> DinoModule:
     h = cfg.head
     heads = [
         build_head(
-            student.embed_dim,
+            feature_width(student),
             h.out_dim,
             h.hidden_dim,
             h.bottleneck_dim,
