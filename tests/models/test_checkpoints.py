@@ -212,11 +212,6 @@ def test_patch_encoder_card_declares_preprocessing(tmp_path: Path) -> None:
     assert (card.kind, card.consumes) == ("patch_encoder", "pixels")
     want = {"input_px": 256, "mean": [0.5] * 3, "std": [0.5] * 3, "resize": False}
     assert card.preprocessing == want
-        "input_px": 256,
-        "mean": [0.5] * 3,
-        "std": [0.5] * 3,
-        "resize": False,
-    }
 
 
 def test_legacy_backbone_sidecar_still_loads(tmp_path: Path) -> None:

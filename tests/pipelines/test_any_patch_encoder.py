@@ -2,8 +2,9 @@
 HIPT, through `make pipeline` (extract -> pretrain-4k -> encode-4k -> finetune -> heatmap, and
 extract -> predict on an external cohort); the width flows from the stores.
 
-By default timm's own test ViT (64-d, 160-px input, 16-px tokens); the 192-d ViT-Tiny (224-px
-input) costs ~20 s per region on one CPU thread, so it runs with the slow tests."""
+The default suite runs timm's own 64-d test ViT (160-px inputs) through `make pipeline` in
+test_make_pipeline.py; the 192-d ViT-Tiny (224-px inputs) costs ~20 s per region on one CPU
+thread, so it runs here, with the slow tests."""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ from hipt.features.store import read_meta
 from hipt.models import read_card
 
 #: (architecture, width, input px, tokens per patch side)
-ENCODERS = [
-    ("timm:test_vit", 64, 160, 10),
-    pytest.param(("timm:vit_tiny_patch16_224", 192, 224, 14), marks=pytest.mark.slow),
-]
+ENCODERS = [("timm:vit_tiny_patch16_224", 192, 224, 14)]
+pytestmark = pytest.mark.slow
 SETTINGS = [
     "TASKS=subtype",
     "PRETRAIN=4k",
@@ -68,8 +67,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, encoder) -> Path:
     weights = export_model(build(encoder[0]), root / "vit")  # random init, our export format
     out = root / "out"
     code = main([f"SLIDES={train.manifest_csv}", f"COHORT={train.cohort_csv}", f"OUT={out}",
-                 f"CHECKPOINT256={weights}", f"EXTERNAL_SLIDES={ext.manifest_csv}",
-                 f"EXTERNAL_COHORT={ext.cohort_csv}", f"MODEL256={encoder[0]}", *SETTINGS])  # fmt: skip
+                 f"CHECKPOINT256={weights}", f"MODEL256={encoder[0]}",
+                 f"EXTERNAL_SLIDES={ext.manifest_csv}", f"EXTERNAL_COHORT={ext.cohort_csv}",
+                 *SETTINGS])  # fmt: skip
     assert code == 0
     return out
 

@@ -16,7 +16,7 @@ TINY = [
     "TASKS=subtype,survival",
     "PRETRAIN=4k",
     "pretrain_4k_config=tests/pretrain_4k_tiny.yaml",
-    "extract.model_256=vit256_tiny_test",
+    "MODEL256=timm:test_vit",  # any patch encoder: timm's 64-d test ViT, 160-px inputs
     "extract.model_4k=vit4k_tiny_test",
     "extract.num_workers=0",
     "extract.progress=false",
@@ -53,13 +53,14 @@ def external(tmp_path_factory: pytest.TempPathFactory) -> CohortFiles:
 
 @pytest.fixture(scope="module")
 def vit256(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ViT-256 export standing in for the official weights."""
+    """A random-init patch encoder of another width (timm's 64-d test ViT) in our export
+    format, standing in for published weights: the width flows from the stores."""
     import torch
 
     from hipt.models import build, export_model
 
     torch.manual_seed(0)
-    return export_model(build("vit256_tiny_test"), tmp_path_factory.mktemp("w") / "vit256")
+    return export_model(build("timm:test_vit"), tmp_path_factory.mktemp("w") / "vit256")
 
 
 def pipeline(cohort: CohortFiles, out: Path, ckpt: Path, *extra: str) -> int:
@@ -112,6 +113,7 @@ def test_every_stage_runs_in_dependency_order_and_stores_carry_the_new_vit4k(fir
     assert read_meta(ext_store).checkpoint_4k_sha256 == sha  # type: ignore[union-attr]
     report = (out / "report.md").read_text()
     assert "## subtype: external cohort" in report
+    _check_width(out, "timm:test_vit", 64, 160, 10)
     assert "## subtype: test-fold metrics" in report and "auroc" in report
     assert "## survival: test-fold metrics" in report and "c_index" in report
 
@@ -231,7 +233,7 @@ def test_an_unreadable_slide_is_skipped_reported_and_the_rest_goes_on(external, 
              for k in ("256", "4k")}  # fmt: skip
     args = [f"SLIDES={slides}", f"COHORT={external.cohort_csv}", f"OUT={tmp_path / 'out'}",
             "TASKS=subtype", f"CHECKPOINT256={ckpts['256']}", f"CHECKPOINT4K={ckpts['4k']}",
-            "heatmaps=0",
+            "heatmaps=0", "extract.model_256=vit256_tiny_test",
             *[a for a in TINY if a.startswith(("extract.", "finetune.", "wandb"))]]  # fmt: skip
     log = tmp_path / "launched.txt"
     recorder = Path(__file__).parents[1] / "support" / "launch_recorder.py"
@@ -246,3 +248,26 @@ def test_an_unreadable_slide_is_skipped_reported_and_the_rest_goes_on(external, 
     before = records(tmp_path / "out")
     assert main(args) == 1
     assert records(tmp_path / "out") == before
+
+
+def _check_width(out: Path, arch: str, width: int, px: int, tokens: int) -> None:
+    """The patch encoder's width D flows from the stores: every store (cohort and external)
+    records the encoder, D and its input side; the pretrained ViT-4K reads D-d grids
+    (card input_dim), each fold's HIPT model too (grid_dim); heatmaps draw the token maps on
+    the encoder's own token grid."""
+    from hipt.models import read_card
+
+    stores = sorted(out.glob("**/*.zarr"))
+    assert stores
+    for path in stores:
+        meta = read_meta(path)
+        assert meta is not None
+        assert (meta.model_256, meta.feature_dim_256, meta.input_px_256) == (arch, width, px)
+        assert meta.norm_256.endswith("resize=bilinear-antialias") and meta.stain == "none"
+    assert read_card(out / "pretrain_4k" / "backbone.safetensors").kwargs["input_dim"] == width
+    for fold in out.glob("finetune/*/fold_*/model.safetensors"):
+        assert read_card(fold).kwargs["grid_dim"] == width
+    summaries = list(out.glob("heatmaps/*/*/summary.json"))
+    assert summaries
+    for summary in summaries:
+        assert json.loads(summary.read_text())["tokens_per_patch"] == tokens
