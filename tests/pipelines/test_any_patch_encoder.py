@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from pipeline_settings import TINY_PIPELINE
 
 from hipt.demo.cohort import CohortConfig, CohortFiles, generate_cohort
 from hipt.features.store import read_meta
@@ -20,26 +21,7 @@ from hipt.models import read_card
 #: (architecture, width, input px, tokens per patch side)
 ENCODERS = [("timm:vit_tiny_patch16_224", 192, 224, 14)]
 pytestmark = pytest.mark.slow
-SETTINGS = [
-    "TASKS=subtype",
-    "PRETRAIN=4k",
-    "pretrain_4k_config=tests/pretrain_4k_tiny.yaml",
-    "extract.model_4k=vit4k_tiny_test",
-    "extract.skip_background=true",
-    "extract.num_workers=0",
-    "extract.progress=false",
-    "finetune.model.name=hipt_lgp_tiny_test",
-    "finetune.split.n_folds=2",
-    "finetune.split.val_fraction=0",
-    "finetune.train.max_epochs=2",
-    "finetune.train.cpu_threads=1",
-    "heatmaps=1",
-    "heatmap.heads256=[0]",
-    "heatmap.heads4k=[0]",
-    "heatmap.progress=false",
-    "predict.bootstrap=50",
-    "wandb.mode=disabled",
-]
+SETTINGS = ["TASKS=subtype", *TINY_PIPELINE, "extract.skip_background=true", "predict.bootstrap=50"]
 
 
 def _cohort(root: Path, n: int, seed: int) -> CohortFiles:

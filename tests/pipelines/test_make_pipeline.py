@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pipeline_settings import TINY_PIPELINE
 
 from hipt.demo.cohort import CohortConfig, CohortFiles, generate_cohort
 from hipt.features.store import read_meta
@@ -14,24 +15,10 @@ from hipt.provenance import sha256_file
 
 TINY = [
     "TASKS=subtype,survival",
-    "PRETRAIN=4k",
-    "pretrain_4k_config=tests/pretrain_4k_tiny.yaml",
     "MODEL256=timm:test_vit",  # any patch encoder: timm's 64-d test ViT, 160-px inputs
-    "extract.model_4k=vit4k_tiny_test",
-    "extract.num_workers=0",
-    "extract.progress=false",
-    "finetune.model.name=hipt_lgp_tiny_test",
-    "finetune.split.n_folds=2",
-    "finetune.split.val_fraction=0",
-    "finetune.train.max_epochs=2",
-    "finetune.train.cpu_threads=1",
+    *TINY_PIPELINE,
     "finetune_tasks.survival.target.n_bins=2",
-    "heatmaps=1",
-    "heatmap.heads256=[0]",
-    "heatmap.heads4k=[0]",
-    "heatmap.progress=false",
     "predict.bootstrap=200",
-    "wandb.mode=disabled",
 ]
 
 

@@ -92,6 +92,25 @@ def _vit(embed_dim: int, depth: int, heads: int, patch: int, **extra: Any) -> di
 
 
 _HF = "https://huggingface.co/"
+
+
+def _kaiko(name: str, vit: dict[str, Any], timm_name: str, params: str) -> FoundationModel:
+    """kaiko.ai's DINO ViTs (normalized with mean = std = 0.5), as the timm hub mirrors them."""
+    where = f"{_HF}1aurent/{timm_name}.kaiko_ai_towards_large_pathology_fms"
+    source = WeightsSource(where, KAIKO, params, "Aben et al., arXiv:2404.15217")
+    return FoundationModel(name, vit, "cls", 224, HALF, HALF, source)
+
+
+def _hoptimus(name: str, licence: str) -> FoundationModel:
+    """Bioptimus' H-optimus-0/1: one ViT-g/14 recipe (4 registers, SwiGLU), their own mean/std."""
+    vit = _vit(1536, 40, 24, 14, mlp_ratio=2.66667 * 2, reg_tokens=4, no_embed_class=True,
+               **_SWIGLU)  # fmt: skip
+    repo = "H-optimus-" + name[-1]
+    source = WeightsSource(f"{_HF}bioptimus/{repo} (model.safetensors)", licence, "1.1B",
+                           f"model card, bioptimus/{repo}")  # fmt: skip
+    return FoundationModel(name, vit, "cls", 224, HOPTIMUS_MEAN, HOPTIMUS_STD, source)
+
+
 FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
     FoundationModel(
         "uni", _vit(1024, 24, 16, 16, init_values=1e-5), "cls", 224, IMAGENET_MEAN, IMAGENET_STD,
@@ -118,21 +137,8 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         WeightsSource(f"{_HF}paige-ai/Virchow2 (pytorch_model.bin)", NC_ND, "632M",
                       "Zimmermann et al., arXiv:2408.00738", tolerance="1M"),
     ),
-    FoundationModel(
-        "h_optimus_0",
-        _vit(1536, 40, 24, 14, mlp_ratio=2.66667 * 2, reg_tokens=4, no_embed_class=True, **_SWIGLU),
-        "cls", 224, HOPTIMUS_MEAN, HOPTIMUS_STD,
-        WeightsSource(f"{_HF}bioptimus/H-optimus-0 (model.safetensors)", "Apache-2.0 (gated)",
-                      "1.1B", "model card, bioptimus/H-optimus-0"),
-    ),
-    FoundationModel(
-        "h_optimus_1",
-        _vit(1536, 40, 24, 14, mlp_ratio=2.66667 * 2, reg_tokens=4, no_embed_class=True, **_SWIGLU),
-        "cls", 224, HOPTIMUS_MEAN, HOPTIMUS_STD,
-        WeightsSource(f"{_HF}bioptimus/H-optimus-1 (model.safetensors)",
-                      "Bioptimus academic licence (gated, manual approval)", "1.1B",
-                      "model card, bioptimus/H-optimus-1"),
-    ),
+    _hoptimus("h_optimus_0", "Apache-2.0 (gated)"),
+    _hoptimus("h_optimus_1", "Bioptimus academic licence (gated, manual approval)"),
     FoundationModel(
         "prov_gigapath",
         _vit(1536, 40, 24, 16, mlp_ratio=2.66667 * 2, **_SWIGLU), "cls", 224,
@@ -145,36 +151,15 @@ FOUNDATION_MODELS: tuple[FoundationModel, ...] = (
         WeightsSource("https://github.com/lunit-io/benchmark-ssl-pathology (releases)",
                       "non-commercial (Lunit licence)", "22M", "Kang et al., CVPR 2023"),
     ),
-    FoundationModel(
-        "kaiko_vits16", _vit(384, 12, 6, 16), "cls", 224, HALF, HALF,
-        WeightsSource(f"{_HF}1aurent/vit_small_patch16_224.kaiko_ai_towards_large_pathology_fms",
-                      KAIKO, "22M", "Aben et al., arXiv:2404.15217"),
-    ),
-    FoundationModel(
-        "kaiko_vits8", _vit(384, 12, 6, 8), "cls", 224, HALF, HALF,
-        WeightsSource(f"{_HF}1aurent/vit_small_patch8_224.kaiko_ai_towards_large_pathology_fms",
-                      KAIKO, "22M", "Aben et al., arXiv:2404.15217"),
-    ),
-    FoundationModel(
-        "kaiko_vitb16", _vit(768, 12, 12, 16), "cls", 224, HALF, HALF,
-        WeightsSource(f"{_HF}1aurent/vit_base_patch16_224.kaiko_ai_towards_large_pathology_fms",
-                      KAIKO, "86M", "Aben et al., arXiv:2404.15217"),
-    ),
-    FoundationModel(
-        "kaiko_vitb8", _vit(768, 12, 12, 8), "cls", 224, HALF, HALF,
-        WeightsSource(f"{_HF}1aurent/vit_base_patch8_224.kaiko_ai_towards_large_pathology_fms",
-                      KAIKO, "86M", "Aben et al., arXiv:2404.15217"),
-    ),
-    FoundationModel(
-        # published with a 518-px (37x37) pos_embed, fed 224-px inputs (interpolated)
-        "kaiko_vitl14",
-        _vit(1024, 24, 16, 14, reg_tokens=4, no_embed_class=True, init_values=1e-5,
-             img_size=518, dynamic_img_size=True),
-        "cls", 224, HALF, HALF,
-        WeightsSource(
-            f"{_HF}1aurent/vit_large_patch14_reg4_224.kaiko_ai_towards_large_pathology_fms",
-            KAIKO, "304M", "Aben et al., arXiv:2404.15217"),
-    ),
+    _kaiko("kaiko_vits16", _vit(384, 12, 6, 16), "vit_small_patch16_224", "22M"),
+    _kaiko("kaiko_vits8", _vit(384, 12, 6, 8), "vit_small_patch8_224", "22M"),
+    _kaiko("kaiko_vitb16", _vit(768, 12, 12, 16), "vit_base_patch16_224", "86M"),
+    _kaiko("kaiko_vitb8", _vit(768, 12, 12, 8), "vit_base_patch8_224", "86M"),
+    # published with a 518-px (37x37) pos_embed, fed 224-px inputs (interpolated)
+    _kaiko("kaiko_vitl14",
+           _vit(1024, 24, 16, 14, reg_tokens=4, no_embed_class=True, init_values=1e-5,
+                img_size=518, dynamic_img_size=True),
+           "vit_large_patch14_reg4_224", "304M"),
 )  # fmt: skip
 
 for _model in FOUNDATION_MODELS:
