@@ -104,3 +104,22 @@ def test_stained_views_cut_the_views_of_the_normalized_patch():
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
     assert not torch.equal(views(patch, seed=3)[0], want[0])
+
+
+def test_dino_views_must_be_whole_tokens_of_the_patch_encoder():
+    """pretrain-256 of a 14-px-token encoder with the default 96-px local crops stops in one
+    line proposing 98 px; 98 px passes, and 16-px-token encoders take the defaults."""
+    import pytest
+
+    from hipt.config import load_config
+    from hipt.errors import ConfigError
+    from hipt.pretrain.config import PretrainConfig
+    from hipt.pretrain.runner import check_crop_sizes
+
+    cfg = load_config(PretrainConfig, "pretrain_256.yaml", ["data.tiles=x", "out=y"])
+    check_crop_sizes(cfg, "uni")
+    check_crop_sizes(cfg, "vit256_small")
+    with pytest.raises(ConfigError, match=r"local_crop_size=96 .*14-px tokens; use e.g. .*=98"):
+        check_crop_sizes(cfg, "virchow2")
+    cfg.crops256.local_crop_size = 98
+    check_crop_sizes(cfg, "virchow2")

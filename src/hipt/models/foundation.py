@@ -79,7 +79,10 @@ class FoundationModel:
         def make(**overrides: Any) -> PatchViT:
             embedding = overrides.pop("embedding", self.embedding)
             return PatchViT(
-                embedding=embedding, **{"img_size": self.input_px, **self.vit, **overrides}
+                embedding=embedding,
+                # any input side works (pos-embed interpolated: DINO's 96-px local crops in
+                # pretrain-256); at input_px nothing changes
+                **{"img_size": self.input_px, "dynamic_img_size": True, **self.vit, **overrides},
             )
 
         make.__doc__ = f"{self.name}: {self.source.params} parameters, {self.output_dim}-d."

@@ -53,7 +53,12 @@ def timm_factory(name: str) -> Any:
     arch = _architecture(name)
 
     def make(**overrides: Any) -> nn.Module:
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **overrides)
+        try:  # ViTs: any input side (pos-embed interpolated), e.g. DINO's local crops
+            model = timm.create_model(
+                arch, pretrained=False, num_classes=0, **{"dynamic_img_size": True, **overrides}
+            )
+        except TypeError:  # architectures without that option (CNNs take any size anyway)
+            model = timm.create_model(arch, pretrained=False, num_classes=0, **overrides)
         width = getattr(model, "num_features", 0)
         setattr(model, "feature_dim", int(width) if isinstance(width, int) else 0)  # noqa: B010
         return model

@@ -22,7 +22,7 @@ from hipt.errors import ConfigError, HiptError, StaleOutputError
 from hipt.features.store import read_meta
 from hipt.io import remove_path
 from hipt.models import Vit4K, Vit256, build, model_spec
-from hipt.models.patch_vit import feature_width
+from hipt.models.patch_vit import feature_width, token_size
 from hipt.models.runtime import describe_device, resolve_precision, set_fp32_matmul
 from hipt.models.spec import PATCH_ENCODER, REGION_ENCODER
 from hipt.pretrain.callbacks import RankSync, SaveOnException
@@ -122,6 +122,8 @@ def build_module(cfg: PretrainConfig) -> DinoModule:
             f"model.name '{name}' is a {kind.replace('_', ' ')}, which level {level} cannot "
             f"train (it trains a {want})"
         )
+    if level == "256":
+        check_crop_sizes(cfg, name)
     width: dict[str, Any] = (
         {} if level == "256" else {"input_dim": stores_feature_dim(cfg.data.features)}
     )
@@ -187,6 +189,28 @@ def build_datamodule(
     return RegionGridDataModule(
         d.features, feature_dim, grid, min_tissue_patches=d.min_tissue_patches, **common
     )
+
+
+def check_crop_sizes(cfg: PretrainConfig, name: str) -> None:
+    """DINO's views must be whole tokens of the patch encoder (14-px tokens: 224 and 98 px).
+
+    Raises:
+        ConfigError: a crop size that is not a multiple of the token size (one line).
+    """
+    with torch.device("meta"):  # the architecture only: no memory, no init time
+        probe = build(name)
+    try:
+        token = token_size(probe)
+    except ValueError:  # not a ViT: any size works
+        return
+    for key in ("global_crop_size", "local_crop_size"):
+        side = int(getattr(cfg.crops256, key))
+        if side % token:
+            fit = max(token, round(side / token) * token)
+            raise ConfigError(
+                f"crops256.{key}={side} is not a multiple of {name}'s {token}-px tokens; "
+                f"use e.g. crops256.{key}={fit}"
+            )
 
 
 def stores_feature_dim(features: str | None) -> int:
