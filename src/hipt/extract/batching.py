@@ -195,6 +195,10 @@ def choose_batch_size(
         size = min(int(cached["batch_size"]), cap)
         return BatchChoice(size, cap, "cached", {})
     candidates = [b for b in CANDIDATES if b <= cap] or [cap]
+    # measuring the two smallest candidates (twice each) must fit CALIBRATION_SHARE of the job
+    if CALIBRATION_SHARE * n_patches < 2 * sum(candidates[:2]):
+        size = min(SMALL_JOB_BATCH.get(device.type, 8), cap)
+        return BatchChoice(size, cap, "small job", {})
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if precision.startswith("bf16") and device.type == "cuda"
@@ -218,9 +222,6 @@ def choose_batch_size(
     sync()
     per_image = time.perf_counter() - t0
     budget = CALIBRATION_SHARE * per_image * n_patches
-    if budget < 2 * sum(candidates[:2]) * per_image:
-        size = min(SMALL_JOB_BATCH.get(device.type, 8), cap)
-        return BatchChoice(size, cap, "small job", {})
     speeds = measure(forward, sync, candidates, per_image, budget)
     best = max(speeds, key=lambda b: speeds[b])
     # near-ties go to the smaller batch (less memory, finer streaming)

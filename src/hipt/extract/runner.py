@@ -120,8 +120,12 @@ def _want_compile(cfg: ExtractConfig, vit256: nn.Module, n_regions: int) -> bool
     if mode != "auto":
         return mode == "true"
     params = sum(p.numel() for p in vit256.parameters())
-    world = (cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1) * cfg.num_nodes
-    return params >= COMPILE_MIN_PARAMS and n_regions / world >= cfg.compile_min_regions
+    return params >= COMPILE_MIN_PARAMS and n_regions / _world(cfg) >= cfg.compile_min_regions
+
+
+def _world(cfg: ExtractConfig) -> int:
+    """Processes the configured devices and nodes start (``auto``/``-1`` devices count as 1)."""
+    return (cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1) * cfg.num_nodes
 
 
 def _summary(
@@ -302,11 +306,10 @@ def run(cfg: ExtractConfig) -> int:
 def _stain_counts(encoders: Encoders, record: str) -> dict[str, Any]:
     """The stain setting and how many patches it normalized or passed through (this rank)."""
     stain = encoders.preprocess.stain
-    counts = {
-        "normalized": getattr(stain, "n_normalized", 0),
-        "passed_through": getattr(stain, "n_passthrough", 0),
-    }
-    return {"record": record, **(counts if stain is not None else {})}
+    if not isinstance(stain, StainNormalizer):
+        return {"record": record}
+    return {"record": record, "normalized": stain.n_normalized,
+            "passed_through": stain.n_passthrough}  # fmt: skip
 
 
 def _batch_size(
@@ -316,11 +319,9 @@ def _batch_size(
     device = torch.device("cpu")
     if uses_cuda(cfg.accelerator):
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    world = (cfg.devices if isinstance(cfg.devices, int) and cfg.devices > 0 else 1) * cfg.num_nodes
-    per_rank = sum(jobs[i].n_regions for i in plan.todo) * 256 // max(world, 1)
-    if cfg.skip_background:
-        mask = sum(int(jobs[i].patch_mask.sum()) for i in plan.todo)
-        per_rank = mask // max(world, 1)
+    masks = [jobs[i].patch_mask for i in plan.todo]
+    patches = sum(int(m.sum()) if cfg.skip_background else m.size for m in masks)
+    per_rank = patches // _world(cfg)
     info = encoders.info
     model = encoders.vit256.to(device)
     try:

@@ -65,7 +65,7 @@ def build_encoder(
     try:
         model = (
             build(name, checkpoint=checkpoint)
-            if grid_dim is None
+            if grid_dim is None  # a patch encoder
             else region_encoder_for(name, checkpoint, grid_dim)
         )
     except CheckpointError as err:
@@ -73,9 +73,7 @@ def build_encoder(
     return model.eval().to(device)
 
 
-def patch_preprocess(
-    meta: FeatureStoreMeta, stain_reference: str | None, stain: Any
-) -> PatchPreprocess:
+def patch_preprocess(meta: FeatureStoreMeta, stain: Any) -> PatchPreprocess:
     """The store's patch preprocessing (stain normalization, resize, normalization).
 
     Raises:

@@ -169,7 +169,7 @@ def open_inputs(cfg: HeatmapConfig, cache: ModelCache | None = None) -> Inputs:
     stain = _cached(
         cache, stain_key, lambda: normalizer_for_record(meta.stain, cfg.stain_reference, device)
     )
-    preprocess = patch_preprocess(meta, cfg.stain_reference, stain)  # fmt: skip
+    preprocess = patch_preprocess(meta, stain)
     vit4k = own_4k.eval() if own_4k is not None and vit4k_from == "model" else store_4k
     reader = open_slide_at(meta.geometry(), path=cfg.slide)  # last: nothing can fail after it
     shas = {

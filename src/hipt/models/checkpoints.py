@@ -37,8 +37,9 @@ WRAPPER_KEYS = ("teacher", "student", "state_dict", "model")
 #: ``torch.compile`` (``_orig_mod.``); stripped only at the start of a key.
 STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 #: Prefixes of published foundation-model files (``model.`` of wrapped timm models, ``trunk.``
-#: of open_clip towers): stripped only when every key has it and the model's keys do not.
-SHARED_PREFIXES = ("model.", "trunk.", "encoder.", "module.")
+#: of open_clip towers): stripped only when every key has it and the model's keys do not
+#: (``module.`` is one of :data:`STRIP_PREFIXES`, stripped from every key already).
+SHARED_PREFIXES = ("model.", "trunk.", "encoder.")
 #: The DINO projection head of the MultiCropWrapper; never part of a backbone.
 DINO_HEAD_PREFIX = "head."
 _MAX_LISTED = 20

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import Tensor, nn
 
-from hipt.models.factory import build, register_model
+from hipt.models.factory import register_model
 from hipt.models.grid import bag_to_grid
 from hipt.models.pooling import GatedAttention, SlideOutput, masked_attention_pool, valid_mask
 from hipt.models.scaler import FeatureScaler
@@ -157,13 +157,8 @@ def _hipt_lgp(
     vit4k: str | None, checkpoint_4k: str | None, defaults: dict[str, Any], overrides: Any
 ) -> HiptLGP:
     grid_dim = overrides.pop("grid_dim", None)
-    local = None
-    if vit4k is not None:
-        local = (
-            build(vit4k, checkpoint=checkpoint_4k)
-            if grid_dim is None
-            else region_encoder_for(vit4k, checkpoint_4k, int(grid_dim))
-        )
+    width = None if grid_dim is None else int(grid_dim)
+    local = None if vit4k is None else region_encoder_for(vit4k, checkpoint_4k, width)
     if local is None and checkpoint_4k is not None:
         raise ValueError("checkpoint_4k needs a vit4k region encoder")
     return HiptLGP(local, **{**defaults, **overrides})

@@ -6,7 +6,6 @@ and kaiko publish their weights in, so a downloaded state dict loads strictly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -74,9 +73,3 @@ def token_size(model: nn.Module) -> int:
     if isinstance(size, int):
         return size
     raise ValueError(f"{type(base).__name__} is not a ViT (no patch_embed.patch_size)")
-
-
-def describe(kwargs: Mapping[str, Any]) -> str:
-    """Short text of an architecture's kwargs, for error messages."""
-    keys = ("embed_dim", "depth", "num_heads", "patch_size", "reg_tokens")
-    return ", ".join(f"{k}={kwargs[k]}" for k in keys if k in kwargs)

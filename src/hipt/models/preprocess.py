@@ -57,16 +57,12 @@ class PatchPreprocess(nn.Module):
         """Whether ``patch_px`` patches are resized to the encoder's input side."""
         return self.pre.resize and patch_px != self.pre.input_px
 
-    def describe(self, patch_px: int) -> str:
-        """What a store records about these inputs (a change makes the store stale).
-
-        E.g. ``mean=0.485,0.456,0.406 std=0.229,0.224,0.225 resize=bilinear-antialias``.
-        """
-        return norm_text(self.pre, patch_px)
-
 
 def norm_text(pre: Preprocessing, patch_px: int) -> str:
-    """The input normalization and resize of ``patch_px`` patches for ``pre``, as text."""
+    """What a store records about its patch inputs (a change makes the store stale).
+
+    E.g. ``mean=0.485,0.456,0.406 std=0.229,0.224,0.225 resize=bilinear-antialias``.
+    """
     resize = RESIZE_256 if pre.resize and patch_px != pre.input_px else "none"
     mean = ",".join(f"{v:g}" for v in pre.mean)
     std = ",".join(f"{v:g}" for v in pre.std)

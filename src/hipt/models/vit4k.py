@@ -146,8 +146,10 @@ def vit4k_tiny_test(**overrides: Any) -> Vit4K:
     return Vit4K(**{"input_dim": 32, "embed_dim": 16, "depth": 2, "num_heads": 2, **overrides})
 
 
-def region_encoder_for(name: str, checkpoint: str | None, input_dim: int) -> nn.Module:
-    """A registered region encoder built for ``input_dim``-d patch features (the store's ``D``).
+def region_encoder_for(name: str, checkpoint: str | None, input_dim: int | None) -> nn.Module:
+    """A registered region encoder built for ``input_dim``-d patch features (the store's D).
+
+    ``input_dim=None`` keeps the architecture's own width.
 
     Raises:
         CheckpointError: the checkpoint was trained on grids of another width (one line
@@ -156,10 +158,11 @@ def region_encoder_for(name: str, checkpoint: str | None, input_dim: int) -> nn.
     from hipt.models.checkpoints import CheckpointError
     from hipt.models.factory import build
 
+    width: dict[str, Any] = {} if input_dim is None else {"input_dim": input_dim}
     try:
-        return build(name, checkpoint=checkpoint, input_dim=input_dim)
+        return build(name, checkpoint=checkpoint, **width)
     except CheckpointError as err:
-        if "phi.0.weight" not in str(err):
+        if input_dim is None or "phi.0.weight" not in str(err):
             raise
         raise CheckpointError(
             f"{checkpoint}: this {name} was trained on grids of another width than the "

@@ -320,6 +320,23 @@ class TileDataModule(_DinoDataModule):
         }
 
 
+def find_feature_stores(features: str | Path) -> list[Path]:
+    """The ``<slide>.zarr`` store folders under ``features`` (or ``features`` itself).
+
+    Raises:
+        HiptError: there is none.
+    """
+    root = Path(features)
+    if (root / "zarr.json").is_file():
+        return [root]
+    stores = sorted(p for p in root.glob("*.zarr") if p.is_dir())
+    if not stores:
+        raise HiptError(
+            f"{root}: no <slide>.zarr feature stores; run `make extract-features` first"
+        )
+    return stores
+
+
 class RegionGridDataModule(_DinoDataModule):
     """DINO data of ViT-4K: ``feats256`` of every region of the feature stores as ``[D, 16, 16]``.
 
@@ -359,15 +376,7 @@ class RegionGridDataModule(_DinoDataModule):
 
     def find_stores(self) -> list[Path]:
         """The store folders under ``features`` (or ``features`` itself)."""
-        if (self.features / "zarr.json").is_file():
-            return [self.features]
-        stores = sorted(p for p in self.features.glob("*.zarr") if p.is_dir())
-        if not stores:
-            raise HiptError(
-                f"{self.features}: no <slide>.zarr feature stores; run "
-                "`make extract-features` first"
-            )
-        return stores
+        return find_feature_stores(self.features)
 
     def setup(self, stage: str | None = None) -> None:
         """Open every store (checking width and provenance) and index its tissue regions."""

@@ -27,7 +27,12 @@ from hipt.models.runtime import describe_device, resolve_precision, set_fp32_mat
 from hipt.models.spec import PATCH_ENCODER, REGION_ENCODER
 from hipt.pretrain.callbacks import RankSync, SaveOnException
 from hipt.pretrain.config import PretrainConfig, validate
-from hipt.pretrain.datamodules import DinoSample, RegionGridDataModule, TileDataModule
+from hipt.pretrain.datamodules import (
+    DinoSample,
+    RegionGridDataModule,
+    TileDataModule,
+    find_feature_stores,
+)
 from hipt.pretrain.dino import DinoModule
 from hipt.pretrain.export import BACKBONE, SIDECAR, export_teacher
 from hipt.pretrain.heads import MultiCropWrapper, build_head
@@ -220,13 +225,11 @@ def stores_feature_dim(features: str | None) -> int:
     """
     if features is None:  # validate() already rejects this
         raise ConfigError("level 4k needs data.features (FEATURES=<store folder>)")
-    root = Path(features)
-    stores = [root] if (root / "zarr.json").is_file() else sorted(root.glob("*.zarr"))
-    for path in stores:
+    for path in find_feature_stores(features):
         meta = read_meta(path)
         if meta is not None:
             return int(meta.feature_dim_256)
-    raise HiptError(f"{root}: no <slide>.zarr feature stores; run `make extract-features` first")
+    raise HiptError(f"{features}: no readable feature store; rerun `make extract-features`")
 
 
 def cpu_threads_per_process(trainer: Trainer) -> None:
